@@ -1,0 +1,478 @@
+"""The edit command shared by scripts/edit_vae.py, edit_glow.py and edit_interface_gan.py.
+
+Every method exposes an ``EditableModel`` (encode, decode, sample_latents); everything after that is written
+once, here:
+
+1. ``add_edit_arguments`` gives the three scripts the same flags (see ``docs/contracts.md``).
+2. ``run_edit`` resolves the attribute names, gathers the faces to edit (user photos, images of the run's
+   prepared cache, or samples from the prior), encodes them, gets the attribute's direction (cached in
+   ``RUN/directions/``, else found by the method's ``find_direction(attribute, method)`` and saved), makes it
+   orthogonal to the ``--keep`` attributes' directions, walks, decodes, and writes
+   ``<out>/<attribute>[-keep-A-B]-<method>.png``, ``.gif`` and ``.json``.
+3. ``encoder_direction`` is the ``find_direction`` of models with an encoder (VAE, Glow): encode the cache's
+   training split and take the mean difference or a linear boundary of the latents against the labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from common.attributes import POSE, attribute_index, resolve_attribute
+from common.cli import UserError
+from common.directions import (
+    Direction,
+    DirectionError,
+    linear_boundary,
+    load_direction,
+    mean_difference,
+    project_out,
+    save_direction,
+    walk,
+)
+from common.grids import edit_gif, edit_grid
+
+DEFAULT_CACHE_IMAGES = 8  # faces edited when neither --images nor --num is given
+DEFAULT_MAX_TRAIN_IMAGES = 20000  # encoded training images for a direction: plenty for a mean or a boundary
+POSE_MEAN_FRACTION = 1 / 3  # pose mean difference: top third of yaw minus bottom third
+POSE_BOUNDARY_RATIO = 0.3  # pose boundary: keep the top and bottom 30% of yaw
+WALKS = ("relative", "absolute", "sphere")
+
+FindDirection = Callable[[str, str], Direction]
+
+
+@runtime_checkable
+class EditableModel(Protocol):
+    """What the editing pipeline needs from a method (images [B, 3, H, W] in [-1, 1], latents [B, D])."""
+
+    latent_dim: int
+    resolution: int
+    latent_on_sphere: bool
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor: ...  # [B, 3, H, W] -> [B, D]
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor: ...  # [B, D] -> [B, 3, H, W] in [-1, 1]
+
+    def sample_latents(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor: ...  # [n, D]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def parse_method(value: str, methods: Sequence[str]) -> str:
+    """Validate a --method value: a listed name, optionally with a parameter after ':' (``pca:3``)."""
+    name, colon, parameter = value.partition(":")
+    if name not in methods:
+        raise UserError(f"--method {value!r}: expected one of {', '.join(methods)}"
+                        + (" (optionally NAME:PARAMETER, e.g. pca:3)" if any(m == "pca" for m in methods) else ""))
+    if colon and not re.fullmatch(r"[A-Za-z0-9_.+-]+", parameter):
+        raise UserError(f"--method {value!r}: expected letters or digits after ':', e.g. {name}:3")
+    if name == "pca" and colon and not parameter.isdigit():
+        raise UserError(f"--method {value!r}: expected a component number after 'pca:', e.g. pca:3")
+    return value
+
+
+def parse_keep(keep) -> list[str]:
+    """--keep "A,B" (or a list of names) -> canonical attribute names, duplicates dropped."""
+    if not keep:
+        return []
+    parts = keep.split(",") if isinstance(keep, str) else [p for item in keep for p in str(item).split(",")]
+    names: list[str] = []
+    for part in parts:
+        if part.strip():
+            name = resolve_attribute(part.strip())
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def add_edit_arguments(parser: argparse.ArgumentParser, methods: Sequence[str] = ("mean", "boundary")) -> None:
+    """Add the shared edit flags; the first of ``methods`` is the default --method."""
+    methods = tuple(methods)
+
+    def method_type(value: str) -> str:
+        try:
+            return parse_method(value, methods)
+        except UserError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parser.add_argument("--run", required=True, help="the trained run folder (runs/<method>/<name>)")
+    parser.add_argument("--attribute", required=True, help="CelebA attribute to edit (e.g. Smiling) or 'pose'")
+    parser.add_argument("--keep", default="", help="comma-separated attributes to hold fixed (e.g. Male,Young)")
+    parser.add_argument("--method", type=method_type, default=methods[0],
+                        help=f"how the direction is found: {', '.join(methods)} (default {methods[0]})")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--images", nargs="+", metavar="PHOTO", help="photos to edit (cropped like CelebA)")
+    source.add_argument("--num", type=int, help="edit N samples from the model's prior instead of images")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of --num samples (default 0), or of a random pick of cache images "
+                             "(default: the first ones)")
+    parser.add_argument("--cache-images", type=int, default=DEFAULT_CACHE_IMAGES,
+                        help=f"without --images/--num: edit this many images of --split (default "
+                             f"{DEFAULT_CACHE_IMAGES})")
+    parser.add_argument("--split", default="test", choices=["train", "valid", "test", "all"],
+                        help="cache split the images come from (default test)")
+    parser.add_argument("--cache", default=None, help="prepared cache folder (default: the run's own)")
+    parser.add_argument("--range", nargs=2, type=float, default=(-3.0, 3.0), metavar=("LO", "HI"),
+                        help="edit strengths from LO to HI (default -3 3)")
+    parser.add_argument("--steps", type=int, default=7, help="number of strengths (columns), default 7")
+    parser.add_argument("--walk", choices=WALKS, default=None,
+                        help="relative: z + a*n; absolute: set the distance to the boundary; sphere: great "
+                             "circle (default: sphere for models with latents on a sphere, else relative)")
+    parser.add_argument("--out", default=None, help="output folder (default RUN/edits)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default auto)")
+    parser.add_argument("--batch-size", type=int, default=64, help="latents decoded per batch (default 64)")
+    parser.add_argument("--max-train-images", type=int, default=DEFAULT_MAX_TRAIN_IMAGES,
+                        help="training images encoded to find a direction (default 20000)")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' -> cuda, then mps, then cpu; anything else is passed to torch.device."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r}: expected auto, cpu, cuda, cuda:N or mps") from None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Directions
+
+
+def method_slug(method: str) -> str:
+    """A method name usable in file names ('pca:3' -> 'pca3')."""
+    return re.sub(r"[^A-Za-z0-9_.+-]", "", method)
+
+
+def direction_path(run_dir, attribute: str, method: str) -> Path:
+    """RUN/directions/<attribute>-<method> (the stem of the .npz/.json pair)."""
+    return Path(run_dir) / "directions" / f"{attribute}-{method_slug(method)}"
+
+
+def get_direction(run_dir, attribute: str, method: str, find_direction: FindDirection,
+                  refresh: bool = False) -> Direction:
+    """The saved direction of ``attribute`` for ``method``, else ``find_direction(attribute, method)``, saved."""
+    stem = direction_path(run_dir, attribute, method)
+    if not refresh and stem.with_suffix(".npz").exists() and stem.with_suffix(".json").exists():
+        return load_direction(stem)
+    direction = find_direction(attribute, method)
+    if not isinstance(direction, Direction):
+        raise TypeError(f"find_direction({attribute!r}, {method!r}) returned {type(direction).__name__}, "
+                        "expected a common.directions.Direction")
+    direction.attribute = direction.attribute or attribute
+    direction.method = method
+    save_direction(direction, stem)
+    return direction
+
+
+def _encode_positions(model: EditableModel, cache, positions: np.ndarray, batch_size: int,
+                      progress: bool) -> torch.Tensor:
+    """Encode the images at ``positions`` of a cache split -> latents [n, D] float32 on the CPU."""
+    from tqdm import tqdm
+
+    subset = torch.utils.data.Subset(cache, positions.tolist())
+    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=0)
+    latents = []
+    with torch.no_grad():
+        for batch in tqdm(loader, desc="encoding", unit="batch", disable=not progress, leave=False):
+            latents.append(model.encode(batch["image"]).detach().float().cpu().reshape(len(batch["image"]), -1))
+    return torch.cat(latents)
+
+
+def encoder_direction(model: EditableModel, cache, attribute: str, method: str, batch_size: int = 256,
+                      progress: bool = True, max_images: int = DEFAULT_MAX_TRAIN_IMAGES,
+                      seed: int = 0) -> Direction:
+    """A direction for models with an encoder: encode (up to ``max_images`` of) the cache's split and fit.
+
+    ``cache`` is a CelebACache-like dataset (items are dicts with "image"; ``labels()`` returns
+    (attributes [n, 40], yaw [n], factors)). Binary attributes: ``mean`` is the mean difference of the
+    positives' and negatives' latents, ``boundary`` a linear boundary fitted on every sample with its own
+    label. ``pose`` uses the yaw score: the mean of the top third minus that of the bottom third, or a
+    boundary on the top and bottom 30% of yaw.
+    """
+    attribute = resolve_attribute(attribute)
+    name = method.partition(":")[0]
+    if name not in ("mean", "boundary"):
+        raise DirectionError(f"--method {method!r}: models with an encoder find directions with mean or boundary")
+    attributes, yaw, _ = cache.labels()
+    count = len(yaw)
+    if count == 0:
+        raise DirectionError(f"the cache split has no images to find the {attribute} direction from")
+    positions = np.arange(count)
+    if count > max_images:  # a seeded random subset: representative, and the same on every call
+        positions = np.sort(np.random.default_rng(seed).choice(count, size=max_images, replace=False))
+    latents = _encode_positions(model, cache, positions, batch_size, progress).double().numpy()  # [n, D]
+    if attribute == POSE:
+        score = np.asarray(yaw, dtype=np.float64)[positions]  # [n]
+        if name == "mean":
+            order = np.argsort(score, kind="stable")
+            third = max(1, int(len(order) * POSE_MEAN_FRACTION))
+            chosen = np.concatenate([order[:third], order[-third:]])
+            direction = mean_difference(latents[chosen], np.arange(len(chosen)) >= third)
+        else:
+            direction = linear_boundary(latents, score, ratio=POSE_BOUNDARY_RATIO, seed=seed)
+    else:
+        labels = np.asarray(attributes, dtype=np.float64)[positions, attribute_index(attribute)] > 0.5  # [n]
+        positives = int(labels.sum())
+        if positives == 0 or positives == len(labels):
+            raise DirectionError(f"{attribute}: all {len(labels)} training images have the label "
+                                 f"{int(labels[0])}; a direction needs examples of both")
+        if name == "mean":
+            direction = mean_difference(latents, labels)
+        else:
+            direction = linear_boundary(latents, labels.astype(np.float64), ratio=0.5, seed=seed)
+        direction.metrics["positive_fraction"] = round(positives / len(labels), 6)
+    direction.attribute, direction.method = attribute, method
+    direction.metrics["n_images"] = int(len(positions))
+    return direction
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Faces to edit
+
+
+def run_cache_dir(run_dir, model=None, override: str | None = None) -> Path:
+    """The prepared cache a run was trained on: --cache, else the model's config, else RUN/config.yaml."""
+    if override:
+        return Path(override)
+    data = getattr(getattr(model, "config", None), "data", None)
+    if data is None:
+        config_path = Path(run_dir) / "config.yaml"
+        if not config_path.exists():
+            raise UserError(f"{config_path}: not found; pass --cache DIR or a run folder written by a training "
+                            "script")
+        import yaml
+
+        data = (yaml.safe_load(config_path.read_text()) or {}).get("data") or {}
+        data = argparse.Namespace(cache=data.get("cache", ""), root=data.get("root", "data/synthetic"),
+                                  resolution=data.get("resolution", 32))
+    if getattr(data, "cache", ""):
+        return Path(data.cache)
+    root = Path(data.root)  # same rule as common.cache.default_cache_dir, without importing it
+    return root.parent / "cache" / f"{root.name}_{data.resolution}"
+
+
+def _open_cache(cache_dir: Path, split: str):
+    from common.cache import CelebACache  # another module's heavy imports, only when a cache is used
+
+    return CelebACache(cache_dir, split)
+
+
+def _load_photo(path: str, resolution: int) -> torch.Tensor:
+    """A user's photo -> [3, R, R] in [-1, 1], through common.cache.load_user_image; one-line errors."""
+    if not Path(path).is_file():
+        raise UserError(f"{path}: image file not found")
+    try:
+        from common.cache import load_user_image
+    except ImportError:
+        load_user_image = _fallback_load_user_image
+    try:
+        image = load_user_image(path, resolution)
+    except UserError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: cannot read the image ({exc}); expected a JPEG or PNG photo") from None
+    image = torch.as_tensor(image)
+    if image.dtype == torch.uint8:  # [R, R, 3] uint8 -> [3, R, R] in [-1, 1]
+        image = image.permute(2, 0, 1).float() / 127.5 - 1.0
+    return image.float()
+
+
+def _fallback_load_user_image(path, resolution: int) -> torch.Tensor:
+    """CelebA framing (centre-crop to 178:218, 178x218, the 128 face square at (89, 121)) without common.cache."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image).convert("RGB")
+    width, height = image.size
+    target = 178 / 218
+    if width / height > target:
+        new_width = round(height * target)
+        image = image.crop(((width - new_width) // 2, 0, (width - new_width) // 2 + new_width, height))
+    else:
+        new_height = round(width / target)
+        image = image.crop((0, (height - new_height) // 2, width, (height - new_height) // 2 + new_height))
+    face = image.resize((178, 218), Image.LANCZOS).crop((25, 57, 153, 185)).resize((resolution, resolution),
+                                                                                     Image.LANCZOS)
+    return torch.from_numpy(np.asarray(face, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
+
+
+def _gather_sources(model: EditableModel, run_dir: Path, args, cache) -> dict:
+    """The faces to edit: {"inputs": [R, 3, H, W] or None, "latents": [R, D], "labels": [R], "source": {...}}."""
+    images = getattr(args, "images", None)
+    num = getattr(args, "num", None)
+    seed = getattr(args, "seed", None)
+    if images:
+        inputs = torch.stack([_load_photo(p, model.resolution) for p in images])  # [R, 3, H, W]
+        return {"inputs": inputs, "labels": [Path(p).name for p in images],
+                "source": {"kind": "images", "paths": [str(p) for p in images]}}
+    if num is not None:
+        if num < 1:
+            raise UserError(f"--num {num}: expected at least 1 sample")
+        seed = 0 if seed is None else seed
+        latents = model.sample_latents(num, torch.Generator().manual_seed(seed))
+        return {"inputs": None, "latents": latents.detach().float().cpu(),
+                "labels": [f"sample {i} (seed {seed})" for i in range(num)],
+                "source": {"kind": "sample", "num": num, "seed": seed}}
+    split = getattr(args, "split", "test")
+    if cache is None:
+        cache = _open_cache(run_cache_dir(run_dir, model, getattr(args, "cache", None)), split)
+    count = getattr(args, "cache_images", DEFAULT_CACHE_IMAGES) or DEFAULT_CACHE_IMAGES
+    if len(cache) == 0:
+        raise UserError(f"the {split} split of the cache has no images; use --split or --images")
+    count = min(count, len(cache))
+    positions = (np.arange(count) if seed is None
+                 else np.sort(np.random.default_rng(seed).choice(len(cache), size=count, replace=False)))
+    items = [cache[int(p)] for p in positions]
+    inputs = torch.stack([item["image"] for item in items]).float()  # [R, 3, H, W]
+    indices = [int(item["index"]) if "index" in item else int(p) for item, p in zip(items, positions, strict=True)]
+    return {"inputs": inputs, "labels": [f"#{i}" for i in indices],
+            "source": {"kind": "cache", "split": split, "positions": positions.tolist(), "indices": indices,
+                       "cache": str(getattr(cache, "cache_dir", ""))}}
+
+
+def _decode_walk(model: EditableModel, walked: torch.Tensor, batch_size: int, progress: bool) -> torch.Tensor:
+    """latents [R, S, D] -> images [R, S, 3, H, W] in [-1, 1], decoded in batches without gradients."""
+    from tqdm import tqdm
+
+    rows, steps = walked.shape[:2]
+    flat = walked.reshape(rows * steps, -1)  # [R*S, D]
+    chunks = list(flat.split(max(1, batch_size)))
+    out = []
+    with torch.no_grad():
+        for chunk in tqdm(chunks, desc="decoding", unit="batch", disable=not progress or len(chunks) < 2,
+                          leave=False):
+            out.append(model.decode(chunk).detach().float().cpu().clamp(-1, 1))
+    images = torch.cat(out)  # [R*S, 3, H, W]
+    return images.reshape(rows, steps, *images.shape[1:])
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def output_stem(attribute: str, keep: Sequence[str], method: str) -> str:
+    """<attribute>[-keep-A-B]-<method>, the name shared by the PNG, GIF and JSON of an edit."""
+    return attribute + (f"-keep-{'-'.join(keep)}" if keep else "") + f"-{method_slug(method)}"
+
+
+def _json_ready(value):
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The edit
+
+
+def run_edit(model: EditableModel, run_dir, args, find_direction: FindDirection, cache=None,
+             progress: bool = True) -> dict:
+    """Edit faces along an attribute direction and write the PNG grid, the GIF and the JSON record.
+
+    ``args`` is the namespace of ``add_edit_arguments``; ``find_direction(attribute, method) -> Direction``
+    is called only for directions not yet saved in RUN/directions/; ``cache`` (optional) is the dataset the
+    faces come from when neither --images nor --num is given (default: the --split of the run's cache).
+    Returns {"images": [R, S, 3, H, W], "latents": [R, S, D], "base_latents": [R, D], "inputs": [R, 3, H, W]
+    or None, "strengths": [S], "direction": Direction, "paths": {"png", "gif", "json"}, "record": dict}.
+    """
+    run_dir = Path(run_dir)
+    attribute = resolve_attribute(args.attribute)
+    keep = parse_keep(getattr(args, "keep", ""))
+    if attribute in keep:
+        raise UserError(f"--keep {attribute}: cannot hold fixed the attribute being edited")
+    method = str(getattr(args, "method", "mean"))  # validated by add_edit_arguments' parser
+    lo, hi = (float(v) for v in getattr(args, "range", (-3.0, 3.0)))
+    steps = int(getattr(args, "steps", 7))
+    if steps < 1:
+        raise UserError(f"--steps {steps}: expected at least 1 strength")
+    strengths = np.linspace(lo, hi, steps)  # [S]
+    walk_mode = getattr(args, "walk", None) or ("sphere" if getattr(model, "latent_on_sphere", False)
+                                                else "relative")
+    if walk_mode not in WALKS:
+        raise UserError(f"--walk {walk_mode!r}: expected one of {', '.join(WALKS)}")
+    batch_size = int(getattr(args, "batch_size", 64) or 64)
+
+    source = _gather_sources(model, run_dir, args, cache)
+    inputs = source["inputs"]
+    if inputs is not None:
+        if inputs.shape[-1] != model.resolution or inputs.shape[-2] != model.resolution:
+            raise UserError(f"images are {inputs.shape[-1]}x{inputs.shape[-2]} but the model works at "
+                            f"{model.resolution}x{model.resolution}; use the run's own cache (--cache)")
+        with torch.no_grad():
+            base = torch.cat([model.encode(chunk).detach().float().cpu() for chunk in inputs.split(batch_size)])
+    else:
+        base = source["latents"]
+    base = base.reshape(base.shape[0], -1)  # [R, D]
+    if base.shape[1] != model.latent_dim:
+        raise UserError(f"the model encoded {base.shape[1]} latent values, expected latent_dim "
+                        f"{model.latent_dim}")
+
+    unconditioned = get_direction(run_dir, attribute, method, find_direction)
+    if unconditioned.dim != model.latent_dim:
+        stale = direction_path(run_dir, attribute, method)
+        raise UserError(f"{stale}.npz: a {unconditioned.dim}-d direction for a {model.latent_dim}-d model; "
+                        "delete it to find the direction again")
+    direction = unconditioned
+    if keep:
+        conditions = [get_direction(run_dir, name, method, find_direction) for name in keep]
+        direction = project_out(unconditioned, conditions, keep_names=keep)
+
+    walked = walk(base, direction, strengths, walk_mode).float()  # [R, S, D]
+    decoded = _decode_walk(model, walked, batch_size, progress)  # [R, S, 3, H, W]
+
+    zero = np.flatnonzero(np.isclose(strengths, 0.0, atol=1e-9))
+    marked = int(zero[0]) if walk_mode != "absolute" and len(zero) else None
+    out_dir = Path(getattr(args, "out", None) or run_dir / "edits")
+    stem = output_stem(attribute, keep, method)
+    paths = {kind: out_dir / f"{stem}.{kind}" for kind in ("png", "gif", "json")}
+    title = f"{attribute} ({method}, {walk_mode} walk" + (f", keep {', '.join(keep)}" if keep else "") + ")"
+    edit_grid(decoded, strengths, paths["png"], title=title, row_labels=source["labels"], marked_column=marked,
+              input_images=inputs)
+    edit_gif(decoded, paths["gif"], strengths=strengths)
+    record = {
+        "attribute": attribute, "keep": keep, "method": method, "walk": walk_mode,
+        "strengths": [round(float(a), 6) for a in strengths], "marked_column": marked,
+        "source": source["source"], "seed": source["source"].get("seed", getattr(args, "seed", None)),
+        "direction": {"file": str(direction_path(run_dir, attribute, method)) + ".npz",
+                      "scale": direction.scale, "offset": direction.offset, "keep": list(direction.keep),
+                      "metrics": direction.metrics,
+                      "cosine_to_unconditioned": direction.metrics.get("cosine_to_unconditioned", 1.0)},
+        "model": type(model).__name__, "latent_dim": int(model.latent_dim), "resolution": int(model.resolution),
+        "run_dir": str(run_dir), "outputs": {kind: str(path) for kind, path in paths.items()},
+    }
+    _atomic_write_text(paths["json"], json.dumps(_json_ready(record), indent=2) + "\n")
+    if progress:
+        print(f"wrote {paths['png']}, {paths['gif']} and {paths['json']} ({len(base)} faces x {steps} strengths)")
+    return {"images": decoded, "latents": walked, "base_latents": base, "inputs": inputs,
+            "strengths": strengths, "direction": direction, "paths": paths, "record": record}
