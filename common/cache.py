@@ -1,0 +1,487 @@
+"""The prepared cache: CelebA decoded once into a memory-mapped uint8 array, and the Dataset that reads it.
+
+``prepare_cache`` crops every aligned 178x218 image to the 128x128 square centred at (x=89, y=121) (PGGAN's
+``dataset_tool`` CelebA crop, chin to forehead), resizes it with Lanczos to R x R and writes:
+
+    images.u8        uint8 [N, R, R, 3], raw C-order bytes, opened with np.memmap (shape in the manifest)
+    attributes.npy   int8 [N, 40] in {0, 1}        landmarks.npy  float32 [N, 10]
+    yaw.npy          float32 [N]                   split.npy      int8 [N] (0 train, 1 valid, 2 test)
+    factors.npy      float32 [N, F] (synthetic)    identity.npy   int32 [N] (when the source has it)
+    filenames.txt    one source filename a line    manifest.json  what was built from what, ``complete: true``
+
+The folder is built under a temporary name beside the target and renamed into place when finished, so an
+interrupted run never leaves a folder that passes as complete. A complete cache whose label checksums and
+resolution match is reused. ``CelebACache`` is a plain map-style Dataset (so DistributedSampler works) whose
+``__getitems__`` and ``batches`` read whole batches with one memmap slice: training never decodes a JPEG.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from common.attributes import CELEBA_ATTRIBUTES
+from common.celeba import CelebAFormatError, find_layout, read_celeba, yaw_from_landmarks
+from common.cli import UserError
+
+FORMAT_VERSION = 1
+CELEBA_SIZE = (178, 218)  # aligned image (width, height)
+CROP_CENTER = (89, 121)  # (x, y)
+CROP_SIZE = 128
+CROP_BOX = (CROP_CENTER[0] - CROP_SIZE // 2, CROP_CENTER[1] - CROP_SIZE // 2,
+            CROP_CENTER[0] + CROP_SIZE // 2, CROP_CENTER[1] + CROP_SIZE // 2)  # (25, 57, 153, 185)
+SPLITS = {"train": 0, "valid": 1, "test": 2}
+CHUNK = 256  # images per worker task: big enough to amortise IPC, small enough for a smooth progress bar
+
+
+class CacheError(UserError):
+    """A prepared cache that is missing, incomplete or of another format."""
+
+
+def default_cache_dir(root: str | os.PathLike, resolution: int) -> Path:
+    """The default cache folder of ``root`` at ``resolution``: ``data/synthetic``, 32 -> ``data/cache/synthetic_32``."""
+    root = Path(root)
+    return root.parent / "cache" / f"{root.name}_{resolution}"
+
+
+def prepare_command(root: str = "<CelebA folder>", resolution: int | str = "<R>") -> str:
+    return f"python scripts/prepare_data.py --root {root} --resolution {resolution}"
+
+
+# ----------------------------------------------------------------------------------------------- images
+
+
+def crop_and_resize(image: Image.Image, resolution: int) -> np.ndarray:
+    """An aligned 178x218 CelebA image -> uint8 [R, R, 3]: the 128x128 face crop, Lanczos-resized to R."""
+    if image.size != CELEBA_SIZE:
+        raise ValueError(f"expected an aligned {CELEBA_SIZE[0]}x{CELEBA_SIZE[1]} image (img_align_celeba), "
+                         f"got {image.size[0]}x{image.size[1]}")
+    face = image.convert("RGB").crop(CROP_BOX)
+    if resolution != CROP_SIZE:
+        face = face.resize((resolution, resolution), Image.LANCZOS)
+    return np.array(face, dtype=np.uint8)  # [R, R, 3], a writable copy
+
+
+def to_celeba_frame(image: Image.Image) -> Image.Image:
+    """Any photo -> 178x218: centre-crop to CelebA's 178:218 aspect ratio, then Lanczos resize."""
+    width, height = image.size
+    if width * CELEBA_SIZE[1] > height * CELEBA_SIZE[0]:  # too wide: trim the sides
+        new_width = max(1, round(height * CELEBA_SIZE[0] / CELEBA_SIZE[1]))
+        left = (width - new_width) // 2
+        image = image.crop((left, 0, left + new_width, height))
+    else:  # too tall: trim top and bottom
+        new_height = max(1, round(width * CELEBA_SIZE[1] / CELEBA_SIZE[0]))
+        top = (height - new_height) // 2
+        image = image.crop((0, top, width, top + new_height))
+    return image.resize(CELEBA_SIZE, Image.LANCZOS)
+
+
+def uint8_to_model(images: np.ndarray, flip: np.ndarray | None = None) -> torch.Tensor:
+    """uint8 [n, H, W, 3] (or [H, W, 3]) -> float32 [n, 3, H, W] in [-1, 1] (the range every model uses).
+
+    ``flip`` (bool [n]) mirrors those images left-right during the channels-first copy, which costs nothing
+    extra, unlike flipping the float tensor afterwards.
+    """
+    moved = np.moveaxis(images, -1, -3)  # view [..., 3, H, W]
+    if flip is None or not flip.any():
+        channels_first = np.ascontiguousarray(moved)
+    else:
+        channels_first = np.empty(moved.shape, dtype=np.uint8)
+        for i, mirrored in enumerate(flip):
+            channels_first[i] = moved[i, :, :, ::-1] if mirrored else moved[i]
+    # One casting multiply then one subtract (2 passes, not torch's 3); within 1 ulp of x / 127.5 - 1 and
+    # exactly -1 and 1 at 0 and 255.
+    images_float = np.multiply(channels_first, np.float32(1 / 127.5), dtype=np.float32)
+    images_float -= np.float32(1.0)
+    return torch.from_numpy(images_float)
+
+
+def load_user_image(path: str | os.PathLike, resolution: int) -> torch.Tensor:
+    """A user's photo -> float32 [3, R, R] in [-1, 1], framed like the cache (see ``to_celeba_frame``)."""
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)  # phone photos store their rotation in EXIF
+            image = image.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise UserError(f"{path}: cannot read the image ({exc}); expected a JPEG or PNG photo") from None
+    return uint8_to_model(crop_and_resize(to_celeba_frame(image), resolution))  # [3, R, R]
+
+
+def _decode_one(path: Path, resolution: int) -> np.ndarray:
+    with Image.open(path) as image:
+        image.load()  # forces the full decode, so a truncated JPEG fails here rather than silently
+        return crop_and_resize(image, resolution)
+
+
+def _decode_chunk(task: tuple) -> tuple[int, list[tuple[int, str]]]:
+    """Worker: decode images ``start..start+len(names)`` straight into the memmap; returns (count, failures)."""
+    image_dir, names, start, images_path, shape, resolution = task
+    images = np.memmap(images_path, dtype=np.uint8, mode="r+", shape=shape)
+    failures = []
+    for offset, name in enumerate(names):
+        try:
+            images[start + offset] = _decode_one(Path(image_dir) / name, resolution)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            failures.append((start + offset, f"{exc}"))
+    images.flush()
+    del images
+    return len(names), failures
+
+
+# ----------------------------------------------------------------------------------------------- preparing
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(cache_dir: str | os.PathLike) -> dict | None:
+    path = Path(cache_dir) / "manifest.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _reuse_reason(out: Path, resolution: int, checksums: dict[str, str], skip_bad: bool) -> str | None:
+    """Why the cache at ``out`` cannot be reused (None when it can)."""
+    manifest = read_manifest(out)
+    if manifest is None:
+        return "no manifest.json" if out.exists() else None
+    if not manifest.get("complete"):
+        return "it is incomplete"
+    if manifest.get("format_version") != FORMAT_VERSION:
+        return f"format version {manifest.get('format_version')} != {FORMAT_VERSION}"
+    if manifest.get("resolution") != resolution:
+        return f"resolution {manifest.get('resolution')} != {resolution}"
+    if manifest.get("label_sha256") != checksums:
+        return "the label files changed"
+    if manifest.get("skipped") and not skip_bad:
+        return "it skipped bad images and --skip-bad is not set"
+    return None
+
+
+def _remove_stale_partials(out: Path) -> None:
+    """Delete temp folders of earlier runs of this target whose process is gone (an interrupted build)."""
+    for partial in out.parent.glob(f".{out.name}.partial-*"):
+        match = re.search(r"partial-(\d+)-", partial.name)
+        if match and int(match.group(1)) != os.getpid():
+            try:
+                os.kill(int(match.group(1)), 0)
+                continue  # its builder still runs
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+CACHE_FILES = {"images.u8", "attributes.npy", "landmarks.npy", "yaw.npy", "split.npy", "factors.npy", "identity.npy",
+               "filenames.txt", "manifest.json"}
+
+
+def _refuse_foreign_folder(out: Path) -> None:
+    """Rebuilding replaces ``out`` wholesale, so it must be a cache (or empty), never a user's other folder."""
+    if not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder; expected a cache folder (choose another --out)")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in CACHE_FILES)
+    if foreign:
+        raise UserError(f"{out}: exists and holds files that are not a prepared cache ({', '.join(foreign[:5])}); "
+                        "choose another --out or remove the folder")
+
+
+def _pool_context():
+    # fork starts workers instantly; spawn elsewhere (macOS/Windows) re-imports this module, which is fine.
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods and sys.platform.startswith("linux") else "spawn")
+
+
+def _decode_all(index, images_path: Path, shape: tuple, resolution: int, workers: int, skip_bad: bool,
+                progress: bool) -> list[tuple[int, str]]:
+    from tqdm import tqdm
+
+    names = index.filenames
+    tasks = [(str(index.image_dir), names[s:s + CHUNK], s, str(images_path), shape, resolution)
+             for s in range(0, len(names), CHUNK)]
+    failures: list[tuple[int, str]] = []
+    bar = tqdm(total=len(names), unit="img", desc=f"decoding {resolution}x{resolution}", disable=not progress,
+               dynamic_ncols=True)
+
+    def take(done: int, failed: list) -> None:
+        bar.update(done)
+        failures.extend(failed)
+        if failed and not skip_bad:
+            i, message = min(failed)
+            raise CelebAFormatError(f"{index.image_dir / names[i]}:0: cannot decode the image ({message}); expected "
+                                    "a readable 178x218 JPEG (use --skip-bad to leave such files out)")
+
+    try:
+        if workers <= 1 or len(tasks) <= 1:
+            for task in tasks:
+                take(*_decode_chunk(task))
+        else:
+            with _pool_context().Pool(min(workers, len(tasks))) as pool:
+                for result in pool.imap_unordered(_decode_chunk, tasks):
+                    take(*result)  # an exception here leaves the with-block, which terminates the pool
+    finally:
+        bar.close()
+    return sorted(failures)
+
+
+def _save_npy(folder: Path, name: str, array: np.ndarray) -> None:
+    np.save(folder / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
+
+
+def prepare_cache(root: str | os.PathLike, resolution: int, out: str | os.PathLike | None = None, workers: int = 2,
+                  skip_bad: bool = False, progress: bool = True,
+                  log: Callable[[str], None] | None = print) -> Path:
+    """Decode CelebA under ``root`` once into a cache folder (``out`` or ``default_cache_dir``); returns it."""
+    if resolution < 4 or resolution > 1024:
+        raise UserError(f"--resolution {resolution}: expected an image size between 4 and 1024 (e.g. 32, 64, 128)")
+    say = log or (lambda message: None)
+    root = Path(root)
+    out = Path(out) if out else default_cache_dir(root, resolution)
+    layout = find_layout(root)
+    say(f"found {layout.describe()}")
+    checksums = {path.name: _sha256(path) for path in layout.label_files}
+    reason = _reuse_reason(out, resolution, checksums, skip_bad)
+    if out.exists() and reason is None:
+        say(f"cache {out} is complete and matches the labels and resolution {resolution}: reusing it")
+        return out
+    if out.exists():
+        _refuse_foreign_folder(out)
+        say(f"cache {out} is stale ({reason}): rebuilding it")
+
+    start_time = time.time()
+    index = read_celeba(root, check_images=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(out)
+    partial = out.parent / f".{out.name}.partial-{os.getpid()}-{int(start_time)}"
+    partial.mkdir()
+    try:
+        shape = (len(index), resolution, resolution, 3)
+        images_path = partial / "images.u8"
+        np.memmap(images_path, dtype=np.uint8, mode="w+", shape=shape).flush()  # sized file the workers fill
+        failures = _decode_all(index, images_path, shape, resolution, workers, skip_bad, progress)
+        keep = np.ones(len(index), dtype=bool)
+        keep[[i for i, _ in failures]] = False
+        if not keep.any():
+            raise CelebAFormatError(f"{index.image_dir}:0: none of the {len(index)} images could be decoded "
+                                    f"(first: {index.filenames[0]}: {failures[0][1]}); expected 178x218 JPEGs")
+        if failures:  # compact the good rows into a fresh array
+            compact_shape = (int(keep.sum()), *shape[1:])
+            source = np.memmap(images_path, dtype=np.uint8, mode="r", shape=shape)
+            target = np.memmap(partial / "images.tmp", dtype=np.uint8, mode="w+", shape=compact_shape)
+            good = np.flatnonzero(keep)
+            for s in range(0, len(good), 4096):
+                target[s:s + 4096] = source[good[s:s + 4096]]
+            target.flush()
+            del source, target
+            os.replace(partial / "images.tmp", images_path)
+            shape = compact_shape
+        _save_npy(partial, "attributes", index.attributes[keep])
+        _save_npy(partial, "landmarks", index.landmarks[keep])
+        _save_npy(partial, "yaw", yaw_from_landmarks(index.landmarks[keep]).astype(np.float32))
+        _save_npy(partial, "split", index.partition[keep])
+        if index.factors is not None:
+            _save_npy(partial, "factors", index.factors[keep])
+        if index.identity is not None:
+            _save_npy(partial, "identity", index.identity[keep])
+        filenames = [name for name, k in zip(index.filenames, keep) if k]
+        (partial / "filenames.txt").write_text("".join(f"{name}\n" for name in filenames))
+        split = index.partition[keep]
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "complete": True,
+            "source_root": str(root.resolve()),
+            "layout": layout.name,
+            "layout_description": layout.describe(),
+            "resolution": resolution,
+            "crop_box": list(CROP_BOX),
+            "resize": "lanczos",
+            "image_file": "images.u8",
+            "image_shape": list(shape),
+            "num_images": shape[0],
+            "counts": {name: int((split == code).sum()) for name, code in SPLITS.items()},
+            "attribute_names": list(CELEBA_ATTRIBUTES),
+            "factor_names": list(index.factor_names),
+            "has_identity": index.identity is not None,
+            "label_sha256": checksums,
+            "skipped": [{"file": index.filenames[i], "error": message} for i, message in failures],
+            "seconds": round(time.time() - start_time, 2),
+        }
+        # The manifest is written last: a folder without it is never taken for a complete cache.
+        (partial / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        if out.exists():
+            old = out.parent / f".{out.name}.partial-{os.getpid()}-old"
+            os.replace(out, old)
+            os.replace(partial, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(partial, out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    for i, message in failures:
+        say(f"skipped {index.image_dir / index.filenames[i]}: {message}")
+    say(f"wrote {out}: {shape[0]} images at {resolution}x{resolution} ({manifest['counts']}) "
+        f"in {manifest['seconds']:.1f}s")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- dataset
+
+
+class CelebACache(torch.utils.data.Dataset):
+    """One split of a prepared cache; items are dicts of float tensors (images in [-1, 1]).
+
+    ``hflip=True`` flips each image left-right with probability 1/2 and then negates its yaw (and the
+    synthetic ``yaw`` factor). The memmap is opened lazily in each process, so the dataset pickles cheaply
+    into DataLoader workers and DDP ranks.
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike, split: str = "train", hflip: bool = False):
+        self.cache_dir = Path(cache_dir)
+        manifest = read_manifest(self.cache_dir)
+        if manifest is None or not manifest.get("complete"):
+            guess = re.search(r"_(\d+)$", self.cache_dir.name)
+            command = prepare_command(manifest.get("source_root", "<CelebA folder>") if manifest else
+                                      "<CelebA folder>", guess.group(1) if guess else "<R>")
+            state = "is incomplete" if manifest else ("has no manifest.json" if self.cache_dir.exists() else
+                                                      "does not exist")
+            raise CacheError(f"{self.cache_dir}: the prepared cache {state}; run `{command}` first")
+        if manifest.get("format_version") != FORMAT_VERSION:
+            command = prepare_command(manifest.get("source_root", "<CelebA folder>"), manifest.get("resolution", "<R>"))
+            raise CacheError(f"{self.cache_dir}/manifest.json: cache format {manifest.get('format_version')}, expected "
+                             f"{FORMAT_VERSION}; rebuild it with `{command}`")
+        if split not in (*SPLITS, "all"):
+            raise UserError(f"split {split!r}: expected one of train, valid, test, all")
+        self.manifest = manifest
+        self.split = split
+        self.hflip = hflip
+        self.resolution = int(manifest["resolution"])
+        self.factor_names: list[str] = list(manifest.get("factor_names", []))
+        self._shape = tuple(manifest["image_shape"])
+        split_codes = np.load(self.cache_dir / "split.npy")
+        self.indices = (np.arange(len(split_codes), dtype=np.int64) if split == "all"
+                        else np.flatnonzero(split_codes == SPLITS[split]).astype(np.int64))  # [n] rows of the cache
+        self._attributes = np.load(self.cache_dir / "attributes.npy")  # [N, 40] int8
+        self._yaw = np.load(self.cache_dir / "yaw.npy")  # [N]
+        factors_path = self.cache_dir / "factors.npy"
+        self._factors = (np.load(factors_path) if factors_path.exists()
+                         else np.zeros((len(split_codes), 0), dtype=np.float32))  # [N, F]
+        self._yaw_factor = self.factor_names.index("yaw") if "yaw" in self.factor_names else None
+        self._images = None
+        self._images_pid = None
+
+    # -- raw access -----------------------------------------------------------------------------------
+
+    @property
+    def images(self) -> np.memmap:
+        """The whole cache's uint8 [N, R, R, 3] memmap, opened once per process."""
+        if self._images is None or self._images_pid != os.getpid():
+            self._images = np.memmap(self.cache_dir / self.manifest["image_file"], dtype=np.uint8, mode="r",
+                                     shape=self._shape)
+            self._images_pid = os.getpid()
+        return self._images
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_images"] = None  # never pickle the mapped array: each worker maps the file itself
+        return state
+
+    @property
+    def filenames(self) -> list[str]:
+        names = (self.cache_dir / "filenames.txt").read_text().splitlines()
+        return [names[i] for i in self.indices]
+
+    def images_uint8(self, indices) -> np.ndarray:
+        """uint8 [n, R, R, 3] for positions ``indices`` within this split (no flip)."""
+        rows = self.indices[np.asarray(indices, dtype=np.int64)]
+        order = np.argsort(rows, kind="stable")
+        out = np.empty((len(rows), *self._shape[1:]), dtype=np.uint8)
+        out[order] = self.images[rows[order]]  # sorted reads are sequential on disk
+        return out
+
+    def labels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(attributes float32 [n, 40] in {0,1}, yaw float32 [n], factors float32 [n, F]) of the split, unflipped."""
+        return (self._attributes[self.indices].astype(np.float32), self._yaw[self.indices].astype(np.float32),
+                self._factors[self.indices].astype(np.float32))
+
+    # -- Dataset protocol ------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _batch(self, positions: np.ndarray, flip: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Positions within the split -> a collated batch dict; ``flip`` is a bool [n] mask or None."""
+        rows = self.indices[positions]  # [n]
+        raw = self.images_uint8(positions)  # [n, R, R, 3] uint8
+        yaw = self._yaw[rows].astype(np.float32)  # [n]
+        factors = self._factors[rows].astype(np.float32)  # [n, F]
+        mask = flip.numpy() if flip is not None else None
+        if mask is not None and mask.any():
+            sign = np.where(mask, np.float32(-1), np.float32(1))  # [n]: a flip mirrors the pose
+            yaw *= sign
+            if self._yaw_factor is not None:
+                factors[:, self._yaw_factor] *= sign
+        return {
+            "image": uint8_to_model(raw, mask),  # [n, 3, R, R]
+            "attributes": torch.from_numpy(self._attributes[rows].astype(np.float32)),  # [n, 40]
+            "yaw": torch.from_numpy(yaw),
+            "factors": torch.from_numpy(factors),
+            "index": torch.from_numpy(rows.copy()),  # [n] rows of the cache
+        }
+
+    def _flip_mask(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor | None:
+        return (torch.rand(n, generator=generator) < 0.5) if self.hflip else None
+
+    def __getitem__(self, position):
+        """One item (an int), or a whole collated batch (a list/array of positions, as a BatchSampler gives).
+
+        ``DataLoader(dataset, sampler=BatchSampler(RandomSampler(dataset), 64, False), batch_size=None)`` thus
+        gets ready batches with no per-item work and no collation.
+        """
+        if not isinstance(position, (int, np.integer)):
+            positions = np.asarray(position, dtype=np.int64)
+            if positions.ndim != 1 or (len(positions) and not (-len(self) <= positions.min() and
+                                                               positions.max() < len(self))):
+                raise IndexError(f"positions out of range for the {self.split} split of {len(self)} images")
+            return self._batch(positions % max(len(self), 1), self._flip_mask(len(positions)))
+        if not -len(self) <= position < len(self):
+            raise IndexError(f"index {position} out of range for the {self.split} split of {len(self)} images")
+        batch = self._batch(np.array([position % len(self)]), self._flip_mask(1))
+        return {key: value[0] for key, value in batch.items()}
+
+    def __getitems__(self, positions: list[int]) -> list[dict[str, torch.Tensor]]:
+        """Batched read used by DataLoader's fetcher: one memmap slice instead of ``len(positions)`` reads."""
+        batch = self._batch(np.asarray(positions, dtype=np.int64), self._flip_mask(len(positions)))
+        # unbind: one call per key returning views, instead of len(positions) indexing calls per key
+        keys, columns = list(batch), [value.unbind(0) for value in batch.values()]
+        return [dict(zip(keys, values)) for values in zip(*columns)]
+
+    def batches(self, batch_size: int, shuffle: bool = True, generator: torch.Generator | None = None,
+                drop_last: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+        """One epoch of collated batches straight from the memmap (the fastest path, no DataLoader)."""
+        order = (torch.randperm(len(self), generator=generator).numpy() if shuffle
+                 else np.arange(len(self)))
+        stop = len(order) - (len(order) % batch_size if drop_last else 0)
+        for start in range(0, stop, batch_size):
+            positions = order[start:start + batch_size]
+            yield self._batch(positions, self._flip_mask(len(positions), generator))
