@@ -1,0 +1,63 @@
+"""Edit faces with a trained VAE: walk the posterior means along an attribute direction and decode.
+
+    python scripts/edit_vae.py --run runs/vae/synthetic --attribute Smiling --keep Mouth_Slightly_Open \\
+        [--method mean|boundary] [--images a.jpg b.png | --num 8 --seed 0] [--range -3 3 --steps 7] [--out DIR]
+
+Images are encoded to their posterior means (user photos are cropped like CelebA first), moved along the
+direction found on the run's training split (mean difference or linear boundary of the encoded latents; ``pose``
+uses the yaw score), optionally made orthogonal to the ``--keep`` attributes' directions, and decoded. Writes
+``<out>/<attribute>[-keep-...]-<method>.png``, ``.gif`` and ``.json`` (default out: RUN/edits/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common.attributes import resolve_attribute  # noqa: E402
+from common.cache import CelebACache  # noqa: E402
+from common.cli import UserError, run_main  # noqa: E402
+from common.editing import (  # noqa: E402
+    add_edit_arguments,
+    encoder_direction,
+    parse_keep,
+    resolve_device,
+    run_cache_dir,
+    run_edit,
+)
+from vae.model import load_model_from_run  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_edit_arguments(parser, methods=("mean", "boundary"))
+    args = parser.parse_args()
+    # cheap checks first, so that a typo fails before the model is loaded
+    resolve_attribute(args.attribute)
+    parse_keep(args.keep)
+    for image in args.images or []:
+        if not Path(image).is_file():
+            raise UserError(f"{image}: image file not found")
+    run_dir = Path(args.run)
+    if not (run_dir / "checkpoints").is_dir():
+        raise UserError(f"{run_dir}: not a VAE run folder (expected {run_dir}/checkpoints/ from scripts/train_vae.py)")
+
+    model = load_model_from_run(run_dir, resolve_device(args.device))
+    cache_dir = run_cache_dir(run_dir, model, args.cache)  # the run's training cache unless --cache is given
+
+    def find_direction(attribute: str, method: str):
+        if not (cache_dir / "manifest.json").exists():
+            raise UserError(f"{cache_dir}: the run's training cache is missing (needed to find the {attribute} "
+                            "direction); prepare it with scripts/prepare_data.py")
+        return encoder_direction(model, CelebACache(cache_dir, "train"), attribute, method, batch_size=256,
+                                 max_images=args.max_train_images)
+
+    run_edit(model, run_dir, args, find_direction)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
