@@ -1,0 +1,131 @@
+"""The README's first command (`make demo`): the whole project on the synthetic CelebA-format set.
+
+Stages run in order; each one is skipped when its output is already complete, so a second run only redoes what
+is missing (an interrupted training resumes from its last checkpoint). Every stage is an ordinary command a user
+could type; the demo prints each one before running it.
+
+    python scripts/demo.py [--num 10000] [--only STAGE ...] [--list]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from common.cli import UserError, run_main  # noqa: E402
+
+DATA_ROOT = "data/synthetic"
+RESOLUTION = 32
+CACHE = f"data/cache/synthetic_{RESOLUTION}"
+DEMO_OUT = "runs/demo"
+
+
+@dataclass
+class Stage:
+    name: str
+    command: list[str]
+    done_marker: str  # a file that exists only when the stage finished
+    resumable_dir: str | None = None  # a run folder: resume it if it exists but is incomplete
+
+
+def python(*args: str) -> list[str]:
+    return [sys.executable, *args]
+
+
+def train_stage(name: str, script: str, config: str, run: str, extra: tuple[str, ...] = ()) -> Stage:
+    return Stage(name, python(script, "--config", config, "--out", run, *extra), f"{run}/metrics.json", run)
+
+
+def stages(num: int) -> list[Stage]:
+    return [
+        Stage("synthetic", python("scripts/make_synthetic_celeba.py", "--out", DATA_ROOT, "--num", str(num),
+                                  "--seed", "0"), f"{DATA_ROOT}/list_attr_celeba.txt"),
+        Stage("prepare", python("scripts/prepare_data.py", "--root", DATA_ROOT, "--resolution", str(RESOLUTION)),
+              f"{CACHE}/manifest.json"),
+        Stage("contact-sheet", python("scripts/contact_sheet.py", "--cache", CACHE, "--out",
+                                      f"{DEMO_OUT}/synthetic_samples.png"), f"{DEMO_OUT}/synthetic_samples.png"),
+        train_stage("predictor", "scripts/train_predictor.py", "configs/predictor/synthetic.yaml",
+                    "runs/predictor/synthetic"),
+        # the judge: a second predictor with another seed, so evaluation does not grade directions with the
+        # same network that found them
+        train_stage("judge", "scripts/train_predictor.py", "configs/predictor/synthetic.yaml",
+                    "runs/predictor/synthetic-judge", ("--set", "train.seed=1")),
+        train_stage("vae", "scripts/train_vae.py", "configs/vae/synthetic.yaml", "runs/vae/synthetic"),
+        train_stage("glow", "scripts/train_glow.py", "configs/flow/synthetic.yaml", "runs/glow/synthetic"),
+        train_stage("pggan", "scripts/train_pggan.py", "configs/interface_gan/synthetic.yaml", "runs/pggan/synthetic"),
+        *edit_stages("vae", "scripts/edit_vae.py", "runs/vae/synthetic", "mean"),
+        *edit_stages("glow", "scripts/edit_glow.py", "runs/glow/synthetic", "mean"),
+        *edit_stages("pggan", "scripts/edit_interface_gan.py", "runs/pggan/synthetic", "boundary"),
+    ]
+
+
+def edit_stages(name: str, script: str, run: str, method: str) -> list[Stage]:
+    """Smile, smile with the mouth kept, and pose grids for one method (encoded test images by default)."""
+    out = f"{run}/edits"
+    edits = (("Smiling", ()), ("Smiling", ("--keep", "Mouth_Slightly_Open")), ("pose", ()))
+    result = []
+    for attribute, keep in edits:
+        stem = f"{attribute}{'-keep-' + keep[1] if keep else ''}-{method}"
+        result.append(Stage(f"edit-{name}-{stem}", python(script, "--run", run, "--attribute", attribute, *keep,
+                                                            "--method", method, "--out", out),
+                            f"{out}/{stem}.json"))
+    return result
+
+
+def run_stage(stage: Stage) -> float:
+    """Run one stage unless it is already complete; returns the seconds it took (0 when skipped)."""
+    if (REPO / stage.done_marker).exists():
+        print(f"[demo] {stage.name}: already done ({stage.done_marker})", flush=True)
+        return 0.0
+    command = list(stage.command)
+    if stage.resumable_dir and (REPO / stage.resumable_dir / "checkpoints" / "last.pt").exists():
+        command.append("--resume")
+    elif stage.resumable_dir and (REPO / stage.resumable_dir).exists():
+        command.append("--overwrite")  # a folder without a checkpoint holds nothing worth keeping
+    shown = " ".join(c if c != sys.executable else "python" for c in command)
+    print(f"[demo] {stage.name}: {shown}", flush=True)
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=REPO)
+    if result.returncode != 0:
+        raise UserError(f"demo stage '{stage.name}' failed (exit code {result.returncode}): {shown}")
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num", type=int, default=10000, help="synthetic images to generate (default 10000)")
+    parser.add_argument("--only", nargs="+", help="run only these stages (see --list)")
+    parser.add_argument("--list", action="store_true", help="list the stages and exit")
+    args = parser.parse_args()
+    plan = stages(args.num)
+    if args.list:
+        for stage in plan:
+            print(f"{stage.name:16s} {' '.join(stage.command[1:])}")
+        return 0
+    if args.only:
+        unknown = sorted(set(args.only) - {s.name for s in plan})
+        if unknown:
+            raise UserError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(s.name for s in plan)}")
+        plan = [s for s in plan if s.name in args.only]
+    timings = {}
+    start = time.perf_counter()
+    for stage in plan:
+        timings[stage.name] = round(run_stage(stage), 1)
+    timings["total"] = round(time.perf_counter() - start, 1)
+    out = REPO / DEMO_OUT
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+    print(f"[demo] finished in {timings['total']:.0f} s; stage timings in {DEMO_OUT}/timings.json", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
