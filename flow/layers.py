@@ -1,0 +1,243 @@
+"""Glow's invertible building blocks: squeeze, actnorm, LU 1x1 convolution, coupling, and the pure math they share.
+
+Every layer maps ``x -> (y, logdet)`` with ``logdet`` of shape ``[B]`` (log |det dy/dx| per sample) and has an
+exact ``inverse(y) -> x``. The layers run their likelihood arithmetic in the input's dtype with autocast switched
+off (see flow/config.py for why); only the coupling networks may run under autocast, passed down as ``amp``
+(``None`` or ``(device_type, dtype)``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pure functions
+
+
+def squeeze2d(x: torch.Tensor) -> torch.Tensor:
+    """Space-to-depth by 2: [B, C, H, W] -> [B, 4C, H/2, W/2] (each output channel is one corner of a 2x2 block)."""
+    b, c, h, w = x.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"squeeze2d needs even height and width, got {h}x{w}")
+    x = x.reshape(b, c, h // 2, 2, w // 2, 2)  # [B, C, H/2, 2, W/2, 2]
+    x = x.permute(0, 1, 3, 5, 2, 4)  # [B, C, 2, 2, H/2, W/2]
+    return x.reshape(b, c * 4, h // 2, w // 2)
+
+
+def unsqueeze2d(x: torch.Tensor) -> torch.Tensor:
+    """Exact inverse of squeeze2d: [B, 4C, H, W] -> [B, C, 2H, 2W]."""
+    b, c4, h, w = x.shape
+    if c4 % 4:
+        raise ValueError(f"unsqueeze2d needs a channel count divisible by 4, got {c4}")
+    c = c4 // 4
+    x = x.reshape(b, c, 2, 2, h, w)  # [B, C, 2, 2, H, W]
+    x = x.permute(0, 1, 4, 2, 5, 3)  # [B, C, H, 2, W, 2]
+    return x.reshape(b, c, h * 2, w * 2)
+
+
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """Elementwise log N(x; mean, exp(log_std)^2); all shapes broadcast."""
+    return -0.5 * (LOG_2PI + 2.0 * log_std + ((x - mean) * torch.exp(-log_std)) ** 2)
+
+
+def split_mean_log_std(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A prior network's output [B, 2C, H, W] -> (mean, log_std), each [B, C, H, W] (interleaved channels)."""
+    return h[:, 0::2], h[:, 1::2]
+
+
+@contextlib.contextmanager
+def autocast_off(device_type: str):
+    """Run the enclosed likelihood math without autocast (no-op when autocast is unsupported on the device)."""
+    try:
+        ctx = torch.autocast(device_type, enabled=False)
+    except RuntimeError:
+        ctx = contextlib.nullcontext()
+    with ctx:
+        yield
+
+
+def amp_state(device_type: str) -> tuple[str, torch.dtype] | None:
+    """The ambient autocast setting as ``(device_type, dtype)`` or None, captured before switching it off."""
+    try:
+        if torch.is_autocast_enabled(device_type):
+            return device_type, torch.get_autocast_dtype(device_type)
+    except (RuntimeError, TypeError):
+        pass
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Layers
+
+
+class ActNorm(nn.Module):
+    """Per-channel affine y = (x + bias) * exp(log_scale), initialised from data so y has zero mean, unit std.
+
+    The ``initialized`` flag is a registered buffer, so it travels with the state dict: a model loaded from a
+    checkpoint is not re-initialised by its first batch. ``reduce_fn`` (set by Glow.initialize) averages the
+    statistics across ranks under DDP so every rank starts from identical parameters.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.log_scale = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.register_buffer("initialized", torch.tensor(False))
+        self.eps = eps
+        self.reduce_fn = None
+
+    @torch.no_grad()
+    def initialize(self, x: torch.Tensor) -> None:
+        mean = x.mean(dim=(0, 2, 3), keepdim=True)  # [1, C, 1, 1]
+        mean_sq = (x * x).mean(dim=(0, 2, 3), keepdim=True)  # [1, C, 1, 1]
+        if self.reduce_fn is not None:
+            # Average E[x] and E[x^2] (not the std) so the pooled variance is exact across ranks.
+            mean, mean_sq = self.reduce_fn(mean), self.reduce_fn(mean_sq)
+        var = (mean_sq - mean * mean).clamp_min(0.0)
+        self.bias.copy_(-mean)
+        self.log_scale.copy_(-0.5 * torch.log(var + self.eps))
+        self.initialized.fill_(True)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not bool(self.initialized):
+            self.initialize(x)
+        y = (x + self.bias) * torch.exp(self.log_scale)  # [B, C, H, W]
+        logdet = x.shape[2] * x.shape[3] * self.log_scale.sum()
+        return y, logdet.expand(x.shape[0])
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return y * torch.exp(-self.log_scale) - self.bias
+
+
+class InvConv1x1LU(nn.Module):
+    """Invertible 1x1 convolution with W = P L (U + diag(sign(s) * exp(log|s|))), logdet = H*W*sum(log|s|).
+
+    P (a permutation) and sign(s) are fixed buffers; L is unit lower-triangular and U strictly upper-triangular
+    (masked parameters). Initialised from a random rotation, so the layer starts volume preserving.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        w = torch.linalg.qr(torch.randn(channels, channels))[0]  # [C, C] orthogonal
+        p, lower, upper = torch.linalg.lu(w)
+        s = torch.diagonal(upper)
+        self.register_buffer("perm", p)
+        self.register_buffer("sign_s", torch.sign(s))
+        self.register_buffer("lower_mask", torch.tril(torch.ones(channels, channels), -1))
+        self.register_buffer("eye", torch.eye(channels))
+        self.lower = nn.Parameter(lower * self.lower_mask)
+        self.upper = nn.Parameter(torch.triu(upper, 1))
+        self.log_s = nn.Parameter(torch.log(torch.abs(s)))
+
+    def weight(self) -> torch.Tensor:
+        lower = self.lower * self.lower_mask + self.eye  # [C, C]
+        upper = self.upper * self.lower_mask.T + torch.diag(self.sign_s * torch.exp(self.log_s))  # [C, C]
+        return self.perm @ lower @ upper
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w = self.weight()
+        y = F.conv2d(x, w.unsqueeze(-1).unsqueeze(-1))
+        logdet = x.shape[2] * x.shape[3] * self.log_s.sum()
+        return y, logdet.expand(x.shape[0])
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        w_inv = torch.linalg.inv(self.weight())
+        return F.conv2d(y, w_inv.unsqueeze(-1).unsqueeze(-1))
+
+
+class ZeroConv2d(nn.Module):
+    """3x3 convolution initialised to output zeros, with a learned per-channel output scale exp(3 * logs).
+
+    Used as the last layer of coupling and prior networks so every flow step starts (near) identity and every
+    prior starts as N(0, I); the exp(3 * logs) factor lets the output scale grow fast (Glow's choice).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+        self.logs = nn.Parameter(torch.zeros(1, out_channels, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) * torch.exp(self.logs * 3.0)
+
+
+class Coupling(nn.Module):
+    """Affine (scale = sigmoid(h + 2), shift) or additive coupling: the second half is transformed given the first.
+
+    The network's output is cast to the input dtype before any likelihood arithmetic, so it may run under
+    autocast while the log-determinant stays in fp32.
+    """
+
+    def __init__(self, channels: int, hidden: int, kind: str = "affine"):
+        super().__init__()
+        if kind not in ("affine", "additive"):
+            raise ValueError(f"coupling must be 'affine' or 'additive', got {kind!r}")
+        if channels % 2:
+            raise ValueError(f"coupling needs an even channel count, got {channels}")
+        self.kind = kind
+        half = channels // 2
+        out = channels if kind == "affine" else half
+        self.net = nn.Sequential(
+            nn.Conv2d(half, hidden, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(hidden, hidden, 1),
+            nn.ReLU(),
+            ZeroConv2d(hidden, out),
+        )
+
+    def _params(self, xa: torch.Tensor, amp) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if amp is not None:
+            with torch.autocast(amp[0], dtype=amp[1]):
+                h = self.net(xa)
+        else:
+            h = self.net(xa)
+        h = h.to(xa.dtype)
+        if self.kind == "additive":
+            return h, None
+        shift, raw = h[:, 0::2], h[:, 1::2]
+        return shift, torch.sigmoid(raw + 2.0)  # scale in (0, 1): bounded, so it never explodes
+
+    def forward(self, x: torch.Tensor, amp=None) -> tuple[torch.Tensor, torch.Tensor]:
+        xa, xb = x.chunk(2, dim=1)  # [B, C/2, H, W] each
+        shift, scale = self._params(xa, amp)
+        if scale is None:
+            return torch.cat([xa, xb + shift], dim=1), x.new_zeros(x.shape[0])
+        yb = (xb + shift) * scale
+        logdet = torch.log(scale).flatten(1).sum(1)  # [B]
+        return torch.cat([xa, yb], dim=1), logdet
+
+    def inverse(self, y: torch.Tensor, amp=None) -> torch.Tensor:
+        ya, yb = y.chunk(2, dim=1)
+        shift, scale = self._params(ya, amp)
+        xb = yb - shift if scale is None else yb / scale - shift
+        return torch.cat([ya, xb], dim=1)
+
+
+class FlowStep(nn.Module):
+    """One Glow step: ActNorm -> invertible 1x1 conv -> coupling."""
+
+    def __init__(self, channels: int, hidden: int, coupling: str = "affine"):
+        super().__init__()
+        self.actnorm = ActNorm(channels)
+        self.invconv = InvConv1x1LU(channels)
+        self.coupling = Coupling(channels, hidden, coupling)
+
+    def forward(self, x: torch.Tensor, amp=None) -> tuple[torch.Tensor, torch.Tensor]:
+        x, ld1 = self.actnorm(x)
+        x, ld2 = self.invconv(x)
+        x, ld3 = self.coupling(x, amp)
+        return x, ld1 + ld2 + ld3
+
+    def inverse(self, y: torch.Tensor, amp=None) -> torch.Tensor:
+        y = self.coupling.inverse(y, amp)
+        y = self.invconv.inverse(y)
+        return self.actnorm.inverse(y)
