@@ -1,0 +1,172 @@
+"""InterFaceGAN on a trained PGGAN: sample z, generate, score with the attribute predictor, fit directions.
+
+``sample_and_score`` draws N latents on the sqrt(D) sphere, decodes them with the EMA generator and scores every
+image with ``common.predictor.score_images`` (probabilities of the 40 attributes, yaw, factors), in batches
+with a progress bar; the result is saved in RUN/directions/samples.npz and reused when it already holds at least
+N samples scored by the same predictor. ``make_find_direction`` turns those samples into the
+``find_direction(attribute, method)`` that ``common.editing.run_edit`` asks for:
+
+- ``boundary``: ``common.directions.linear_boundary`` on the attribute's probability (``pose``: the predicted
+  yaw), keeping the top and bottom ``fraction`` of the ranking; the validation accuracy is saved in the
+  direction's JSON next to it.
+- ``mean``: mean difference of samples the predictor calls positive vs negative (pose: top vs bottom third).
+- ``pca:K`` / ``sefa:K``: component K (0 = strongest) of GANSpace / SeFa (interface_gan/pca.py), oriented so
+  that a positive strength raises the attribute; its name ("PC2 ~ pose, r=0.81") and explained variance vs the
+  isotropic null are in the metrics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from common.attributes import POSE, attribute_index, resolve_attribute
+from common.cli import UserError
+from common.directions import Direction, linear_boundary, mean_difference
+from interface_gan.pca import Components, ganspace, orient, score_table, sefa_components
+
+POSE_THIRD = 1 / 3
+
+
+@dataclass
+class ScoredSamples:
+    latents: np.ndarray  # [N, D] float32 on the sqrt(D) sphere
+    probs: np.ndarray  # [N, 40] in (0, 1)
+    yaw: np.ndarray  # [N]
+    factors: np.ndarray  # [N, F]
+    predictor: str  # the predictor run that scored them
+
+    def __len__(self) -> int:
+        return self.latents.shape[0]
+
+    def scores(self, attribute: str) -> np.ndarray:
+        """The score a boundary is fitted to: the attribute's probability, or the yaw for pose.  # [N]"""
+        attribute = resolve_attribute(attribute)
+        return self.yaw if attribute == POSE else self.probs[:, attribute_index(attribute)]
+
+
+def _atomic_savez(path: Path, **arrays) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
+def load_samples(path: Path) -> ScoredSamples | None:
+    if not path.exists():
+        return None
+    with np.load(path) as data:
+        return ScoredSamples(data["latents"], data["probs"], data["yaw"], data["factors"], str(data["predictor"]))
+
+
+@torch.no_grad()
+def sample_and_score(model, predictor, n: int, path: Path | None = None, predictor_name: str = "",
+                     seed: int = 0, batch_size: int = 500, progress: bool = True) -> ScoredSamples:
+    """N latents, their generated images' scores; cached in ``path`` (reused if it has >= n samples)."""
+    from common.predictor import score_images
+
+    cached = load_samples(path) if path is not None else None
+    if cached is not None and len(cached) >= n and cached.predictor == predictor_name:
+        return ScoredSamples(cached.latents[:n], cached.probs[:n], cached.yaw[:n], cached.factors[:n],
+                             cached.predictor)
+    latents = model.sample_latents(n, torch.Generator().manual_seed(seed))  # [N, D]
+    parts: dict[str, list[torch.Tensor]] = {"probs": [], "yaw": [], "factors": []}
+    for start in tqdm(range(0, n, batch_size), desc="sample+score", unit="batch", disable=not progress):
+        images = model.decode(latents[start:start + batch_size])  # [b, 3, R, R]
+        scored = score_images(predictor, images, batch_size=batch_size)
+        for key in parts:
+            parts[key].append(scored[key])
+    samples = ScoredSamples(latents.numpy().astype(np.float32), torch.cat(parts["probs"]).numpy(),
+                            torch.cat(parts["yaw"]).numpy(), torch.cat(parts["factors"]).numpy(), predictor_name)
+    if path is not None:
+        _atomic_savez(path, latents=samples.latents, probs=samples.probs, yaw=samples.yaw,
+                      factors=samples.factors, predictor=np.array(predictor_name))
+    return samples
+
+
+def fit_boundary(samples: ScoredSamples, attribute: str, fraction: float = 0.25, seed: int = 0) -> Direction:
+    """InterFaceGAN's boundary for an attribute (or pose) on scored samples; metrics hold val_accuracy."""
+    direction = linear_boundary(samples.latents, samples.scores(attribute), ratio=fraction, seed=seed)
+    direction.attribute = resolve_attribute(attribute)
+    return direction
+
+
+def fit_mean(samples: ScoredSamples, attribute: str) -> Direction:
+    """Mean difference of predicted positives and negatives (pose: top vs bottom third of yaw)."""
+    attribute = resolve_attribute(attribute)
+    scores = samples.scores(attribute)
+    if attribute == POSE:
+        lo, hi = np.quantile(scores, [POSE_THIRD, 1 - POSE_THIRD])
+        keep = (scores <= lo) | (scores >= hi)
+        direction = mean_difference(samples.latents[keep], scores[keep] >= hi)
+    else:
+        labels = scores > 0.5
+        if labels.all() or not labels.any():
+            raise UserError(f"{attribute}: the predictor calls all {len(scores)} samples "
+                            f"{'positive' if labels.all() else 'negative'}; use --method boundary")
+        direction = mean_difference(samples.latents, labels)
+    direction.attribute = attribute
+    return direction
+
+
+def component_direction(components: Components, k: int, attribute: str, latents: np.ndarray,
+                        method: str) -> Direction:
+    """Component k as a Direction oriented to raise ``attribute``; its name and null comparison in metrics."""
+    if not 0 <= k < components.vectors.shape[0]:
+        raise UserError(f"--method {method}: component {k} does not exist (0..{components.vectors.shape[0] - 1})")
+    attribute = resolve_attribute(attribute)
+    corr = components.correlations[k] if components.correlations else {}
+    r = corr.get(attribute, 0.0)
+    vector = orient(components.vectors[k], r)
+    top = dict(list(corr.items())[:5])
+    return Direction(
+        vector=vector.astype(np.float64), scale=float(np.std(latents @ vector)), offset=0.0, attribute=attribute,
+        method=method,
+        metrics={"component": k, "name": components.names[k] if components.names else f"{method}",
+                 "correlation_with_attribute": r, "top_correlations": top,
+                 "explained_variance_ratio": float(components.explained_variance_ratio[k]),
+                 "isotropic_null_ratio": float(components.null_ratio[k]), "is_noise": bool(components.noise[k])},
+    )
+
+
+def make_find_direction(model, samples_fn, fraction: float = 0.25, ganspace_depth: int = 0,
+                        ganspace_samples: int = 5000, max_components: int = 20, seed: int = 0):
+    """``find_direction(attribute, method)`` for run_edit; ``samples_fn()`` gives the ScoredSamples (lazily)."""
+    cache: dict[str, Components] = {}
+
+    def components(kind: str, samples: ScoredSamples) -> Components:
+        if kind not in cache:
+            m = min(ganspace_samples, len(samples))
+            latents = torch.from_numpy(samples.latents[:m])
+            scores = score_table(samples.probs[:m], samples.yaw[:m])
+            if kind == "pca":
+                cache[kind] = ganspace(model.generator, latents, max_components, ganspace_depth, scores)
+            else:
+                cache[kind] = sefa_components(model.generator, max_components, latents, scores)
+        return cache[kind]
+
+    def find_direction(attribute: str, method: str) -> Direction:
+        name, _, parameter = method.partition(":")
+        samples = samples_fn()
+        if name == "boundary":
+            return fit_boundary(samples, attribute, fraction, seed)
+        if name == "mean":
+            return fit_mean(samples, attribute)
+        if name in ("pca", "sefa"):
+            if parameter and not parameter.isdigit():
+                raise UserError(f"--method {method}: expected a component number, e.g. {name}:2")
+            k = int(parameter or 0)
+            return component_direction(components(name, samples), k, attribute, samples.latents, method)
+        raise UserError(f"--method {method}: expected boundary, mean, pca:K or sefa:K")
+
+    find_direction.components = components  # for reports: components("pca"|"sefa", samples)
+    return find_direction
+
+
+def leakage(samples_probs_before: np.ndarray, samples_probs_after: np.ndarray) -> np.ndarray:
+    """Mean change of every attribute's probability between two [N, 40] score tables.  # -> [40]"""
+    return (samples_probs_after - samples_probs_before).mean(axis=0)

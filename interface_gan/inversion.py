@@ -1,0 +1,178 @@
+"""The PGGAN as an editable model: sampling, decoding with the EMA generator, and encoding by GAN inversion.
+
+A GAN has no encoder, so ``encode`` searches for the z whose generated image reconstructs the photo: Adam on z
+from several random starts at once (one batch of images x starts), z projected back onto the sqrt(D) sphere after
+every step (the generator pixel-normalises z, so only its direction matters and the sphere is where samples
+live), loss = per-pixel MSE + ``feature_weight`` x MSE between the attribute predictor's backbone features (the
+perceptual term; optional: without a predictor it is pixels only). The start with the lowest final loss wins;
+``last_psnr`` holds each image's reconstruction PSNR (images mapped to [0, 1], peak 1).
+
+``load_model_from_run(run_dir, device, predictor_run=None)`` rebuilds the EMA generator from a run folder.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from interface_gan.pggan import Generator, project_to_sphere, sample_latents
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB of [-1, 1] images mapped to [0, 1] (peak 1).  # [B, 3, H, W] x2 -> [B]"""
+    mse = ((x.float() - y.float()) / 2).pow(2).flatten(1).mean(dim=1)  # [B], in [0, 1] units
+    return 10.0 * torch.log10(1.0 / mse.clamp_min(1e-10))
+
+
+@dataclass
+class InversionResult:
+    latents: torch.Tensor  # [B, D] on the sqrt(D) sphere
+    psnr: torch.Tensor  # [B] dB of the best start
+    loss: torch.Tensor  # [B] final loss of the best start
+    initial_psnr: torch.Tensor  # [B] dB of the best random start before optimising (the baseline)
+
+
+def invert(generate: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, latent_dim: int,
+           steps: int = 200, lr: float = 0.1, starts: int = 8,
+           features: Callable[[torch.Tensor], torch.Tensor] | None = None, feature_weight: float = 1.0,
+           generator: torch.Generator | None = None) -> InversionResult:
+    """Find z with generate(z) ~ images by projected Adam from ``starts`` random starts per image (batched).
+
+    images [B, 3, H, W] in [-1, 1] at the generator's resolution -> InversionResult. The learning rate follows a
+    cosine decay to zero, so the last steps settle instead of bouncing on the sphere.
+    """
+    b = images.shape[0]
+    device = images.device
+    target = images.float().repeat_interleave(starts, dim=0)  # [B*K, 3, H, W]
+    z0 = sample_latents(b * starts, latent_dim, generator).to(device)  # [B*K, D]
+    target_feats = features(target).detach().float() if features is not None and feature_weight > 0 else None
+
+    def losses(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = generate(z).float()  # [B*K, 3, H, W]
+        pixel = (out - target).pow(2).flatten(1).mean(dim=1)  # [B*K]
+        total = pixel
+        if target_feats is not None:
+            total = total + feature_weight * (features(out).float() - target_feats).pow(2).mean(dim=1)
+        return total, out
+
+    with torch.no_grad():
+        _, out0 = losses(z0)
+        initial = psnr(out0, target).reshape(b, starts).max(dim=1).values  # [B]
+    z = z0.clone().requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=lr)
+    with torch.enable_grad():  # callers (run_edit) may hold torch.no_grad()
+        _optimise(z, opt, losses, steps, lr)
+    with torch.no_grad():
+        total, out = losses(z)
+        best = total.reshape(b, starts).argmin(dim=1)  # [B]
+        pick = torch.arange(b, device=device) * starts + best
+        return InversionResult(z.detach()[pick], psnr(out[pick], images), total[pick], initial)
+
+
+def _optimise(z: torch.Tensor, opt: torch.optim.Optimizer, losses, steps: int, lr: float) -> None:
+    for i in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * i / steps))
+        total, _ = losses(z)
+        opt.zero_grad(set_to_none=True)
+        total.sum().backward()  # samples are independent: the sum gives each its own gradient
+        opt.step()
+        with torch.no_grad():
+            z.copy_(project_to_sphere(z))
+
+
+class PGGANEditable:
+    """The EditableModel of common/editing.py for a trained PGGAN (EMA generator at full resolution)."""
+
+    latent_on_sphere = True
+
+    def __init__(self, generator: Generator, device: str | torch.device = "cpu", predictor=None,
+                 steps: int = 200, lr: float = 0.1, starts: int = 8, feature_weight: float = 1.0,
+                 batch_size: int = 64, seed: int = 0):
+        self.generator = generator.to(device).eval().requires_grad_(False)
+        self.device = torch.device(device)
+        self.latent_dim = generator.latent_dim
+        self.resolution = generator.resolution
+        self.predictor = predictor
+        self.steps, self.lr, self.starts, self.feature_weight = steps, lr, starts, feature_weight
+        self.batch_size, self.seed = batch_size, seed
+        self.last_psnr: list[float] = []  # per image of the last encode()
+        self.last_initial_psnr: list[float] = []
+
+    def sample_latents(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return sample_latents(n, self.latent_dim, generator)  # [n, D], norm sqrt(D)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """z [B, D] -> images [B, 3, R, R] in [-1, 1] (CPU float32)."""
+        out = []
+        for start in range(0, latents.shape[0], self.batch_size):
+            z = torch.as_tensor(latents[start:start + self.batch_size], dtype=torch.float32).to(self.device)
+            out.append(self.generator(z).float().clamp(-1, 1).cpu())
+        return torch.cat(out) if out else torch.zeros(0, 3, self.resolution, self.resolution)
+
+    def _features(self):
+        if self.predictor is None or self.feature_weight <= 0:
+            return None
+        predictor = self.predictor.to(self.device).eval()
+        size = predictor.resolution
+
+        def features(images: torch.Tensor) -> torch.Tensor:
+            if images.shape[-1] != size:
+                images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
+                                       antialias=True)
+            return predictor.features(images)  # [B, Df]
+
+        return features
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """GAN inversion of images [B, 3, H, W] in [-1, 1] (resized to the generator's resolution) -> z [B, D]."""
+        images = images.float()
+        if images.shape[-1] != self.resolution or images.shape[-2] != self.resolution:
+            images = F.interpolate(images, size=(self.resolution, self.resolution), mode="bilinear",
+                                   align_corners=False, antialias=True)
+        rng = torch.Generator().manual_seed(self.seed)
+        latents, self.last_psnr, self.last_initial_psnr = [], [], []
+        features = self._features()
+        for start in range(0, images.shape[0], max(1, self.batch_size // self.starts)):
+            chunk = images[start:start + max(1, self.batch_size // self.starts)].to(self.device)
+            result = invert(self.generator, chunk, self.latent_dim, self.steps, self.lr, self.starts, features,
+                            self.feature_weight, rng)
+            latents.append(result.latents.cpu())
+            self.last_psnr += [float(v) for v in result.psnr]
+            self.last_initial_psnr += [float(v) for v in result.initial_psnr]
+        return torch.cat(latents) if latents else torch.zeros(0, self.latent_dim)
+
+
+def load_generator(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Generator, object]:
+    """The EMA generator of a PGGAN run folder and the run's config (PGGANConfig)."""
+    from common.config import config_from_dict
+    from common.run import load_run_checkpoint
+    from interface_gan.config import PGGANConfig
+    from interface_gan.pggan import build_networks
+
+    ckpt = load_run_checkpoint(run_dir)
+    cfg = config_from_dict(PGGANConfig, ckpt["config"], source=f"{run_dir}/checkpoints")
+    generator, _ = build_networks(cfg.model, cfg.data.resolution)
+    models = ckpt["models"]
+    generator.load_state_dict(models.get("generator_ema") or models["generator"])
+    return generator.to(device).eval(), cfg
+
+
+def load_model_from_run(run_dir: str | Path, device: str | torch.device = "cpu",
+                        predictor_run: str | Path | None = None) -> PGGANEditable:
+    """PGGANEditable for a run folder; with ``predictor_run`` the inversion adds the predictor's feature loss."""
+    generator, cfg = load_generator(run_dir, device)
+    predictor = None
+    if predictor_run:
+        from common.predictor import load_predictor
+
+        predictor = load_predictor(predictor_run, device)
+    e = cfg.edit
+    return PGGANEditable(generator, device, predictor, steps=e.inversion_steps, lr=e.inversion_lr,
+                         starts=e.inversion_starts, feature_weight=e.inversion_feature_weight, seed=cfg.train.seed)

@@ -1,0 +1,148 @@
+"""Edit faces with a trained PGGAN (InterFaceGAN): walk z along an attribute direction and generate.
+
+    python scripts/edit_interface_gan.py --run runs/pggan/synthetic --attribute Smiling --keep Mouth_Slightly_Open \\
+        [--method boundary|mean|pca:K|sefa:K] [--num 8 --seed 0 | --images photo.jpg] [--predictor RUN]
+        [--samples 20000] [--range -3 3 --steps 7] [--walk sphere|relative|absolute] [--out DIR]
+    python scripts/edit_interface_gan.py --run runs/pggan/synthetic --attribute pose --list-components
+
+Directions come from N generated samples scored by the attribute predictor (RUN/directions/samples.npz, reused):
+a linear boundary per attribute (pose: the predicted yaw), a mean difference, or component K (0 = strongest) of
+GANSpace (pca) or SeFa; --keep projects the --keep attributes' boundaries out (conditional editing). Without
+--images the classic InterFaceGAN use: 8 random samples (seed 0). --images inverts the photos first (GAN inversion,
+PSNR in the JSON). Walks default to great circles on the sqrt(D) sphere. Writes
+``<out>/<attribute>[-keep-...]-<method>.png``, ``.gif`` and ``.json`` (default out: RUN/edits/); the JSON also
+holds the predictor's mean scores of the edited attribute, the kept ones and --measure ones per strength (leakage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from common.attributes import POSE, attribute_index, resolve_attribute  # noqa: E402
+from common.cli import UserError, run_main  # noqa: E402
+from common.editing import add_edit_arguments, parse_keep, resolve_device, run_edit  # noqa: E402
+from interface_gan.boundaries import make_find_direction, sample_and_score  # noqa: E402
+from interface_gan.inversion import PGGANEditable, load_generator  # noqa: E402
+from interface_gan.pca import pca_with_null  # noqa: E402
+
+
+def write_json(path: Path, record: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=float) + "\n")
+    os.replace(tmp, path)
+
+
+def predicted_per_strength(predictor, images, names: list[str]) -> dict[str, list[float]]:
+    """Mean predicted score per strength column for each name (probability, or yaw for pose)."""
+    from common.predictor import score_images
+
+    rows, steps = images.shape[:2]
+    scored = score_images(predictor, images.reshape(rows * steps, *images.shape[2:]))
+    out = {}
+    for name in names:
+        values = scored["yaw"] if name == POSE else scored["probs"][:, attribute_index(name)]
+        out[name] = [round(float(v), 4) for v in values.reshape(rows, steps).mean(dim=0)]
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_edit_arguments(parser, methods=("boundary", "mean", "pca", "sefa"))
+    parser.add_argument("--predictor", default=None,
+                        help="attribute predictor run that scores samples (default: the config's edit.predictor, "
+                             "runs/predictor/synthetic)")
+    parser.add_argument("--samples", type=int, default=None,
+                        help="latents sampled and scored to find directions (default: the config's edit.samples)")
+    parser.add_argument("--measure", default="",
+                        help="comma-separated extra attributes whose mean predicted score per strength goes in the "
+                             "JSON (leakage), besides the edited and --keep ones")
+    parser.add_argument("--list-components", action="store_true",
+                        help="also write RUN/directions/components.json (GANSpace and SeFa names, explained "
+                             "variance vs the isotropic null) and print it")
+    args = parser.parse_args()
+    attribute = resolve_attribute(args.attribute)
+    keep = parse_keep(args.keep)
+    measured = [attribute, *keep] + [m for m in parse_keep(args.measure) if m not in (attribute, *keep)]
+    if keep and args.method.partition(":")[0] in ("pca", "sefa"):
+        raise UserError(f"--keep with --method {args.method}: conditional editing needs attribute boundaries; "
+                        "use --method boundary or mean")
+    for image in args.images or []:
+        if not Path(image).is_file():
+            raise UserError(f"{image}: image file not found")
+    run_dir = Path(args.run)
+    if not (run_dir / "checkpoints").is_dir():
+        raise UserError(f"{run_dir}: not a PGGAN run folder (expected {run_dir}/checkpoints/ from "
+                        "scripts/train_pggan.py)")
+    if not args.images and args.num is None:
+        args.num = 8  # the classic InterFaceGAN use: random samples
+    if args.seed is None:
+        args.seed = 0
+
+    device = resolve_device(args.device)
+    generator, cfg = load_generator(run_dir, device)
+    predictor_run = Path(args.predictor or cfg.edit.predictor)
+    if not predictor_run.is_dir():
+        raise UserError(f"{predictor_run}: predictor run not found (needed to score samples); train one with "
+                        "scripts/train_predictor.py or pass --predictor RUN")
+    from common.predictor import load_predictor
+
+    predictor = load_predictor(predictor_run, device)
+    e = cfg.edit
+    model = PGGANEditable(generator, device, predictor, steps=e.inversion_steps, lr=e.inversion_lr,
+                          starts=e.inversion_starts, feature_weight=e.inversion_feature_weight, seed=args.seed)
+    n_samples = args.samples or e.samples
+    state: dict = {}
+
+    def samples():
+        if "samples" not in state:
+            state["samples"] = sample_and_score(model, predictor, n_samples, run_dir / "directions" / "samples.npz",
+                                                str(predictor_run.resolve()), seed=cfg.train.seed)
+        return state["samples"]
+
+    find_direction = make_find_direction(model, samples, e.boundary_fraction, e.ganspace_depth,
+                                         e.ganspace_samples, seed=cfg.train.seed)
+    result = run_edit(model, run_dir, args, find_direction)
+
+    record = result["record"]
+    record["predicted"] = predicted_per_strength(predictor, result["images"], measured)
+    if args.images:
+        record["inversion"] = {"psnr": [round(v, 3) for v in model.last_psnr],
+                               "mean_psnr": round(float(np.mean(model.last_psnr)), 3),
+                               "random_start_psnr": [round(v, 3) for v in model.last_initial_psnr],
+                               "steps": model.steps, "starts": model.starts,
+                               "feature_weight": model.feature_weight}
+        print(f"inversion PSNR {record['inversion']['mean_psnr']:.2f} dB (best random start "
+              f"{float(np.mean(model.last_initial_psnr)):.2f} dB)")
+    write_json(result["paths"]["json"], record)
+    if args.list_components:
+        report = {}
+        for kind in ("pca", "sefa"):
+            comps = find_direction.components(kind, samples())
+            report[kind] = [{"name": comps.names[k], "explained_variance_ratio": float(comps.explained_variance_ratio[k]),
+                             "isotropic_null_ratio": float(comps.null_ratio[k]), "is_noise": bool(comps.noise[k]),
+                             "top_correlations": dict(list(comps.correlations[k].items())[:4])}
+                            for k in range(min(10, len(comps.names)))]
+        # PCA straight on z, for contrast: an isotropic Gaussian, so its components are sampling noise
+        latents = samples().latents
+        _, ratios, null, noise = pca_with_null(latents[: e.ganspace_samples], 5)
+        report["z_pca"] = [{"name": f"zPC{k}", "explained_variance_ratio": float(ratios[k]),
+                            "isotropic_null_ratio": float(null[k]), "is_noise": bool(noise[k])} for k in range(5)]
+        write_json(run_dir / "directions" / "components.json", report)
+        for kind, rows in report.items():
+            print(f"{kind}:")
+            for row in rows:
+                print(f"  {row['name']:32s} var {row['explained_variance_ratio']:.3f} (null "
+                      f"{row['isotropic_null_ratio']:.3f}){' NOISE' if row['is_noise'] else ''}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
