@@ -115,15 +115,21 @@ def main() -> int:
         if unknown:
             raise UserError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(s.name for s in plan)}")
         plan = [s for s in plan if s.name in args.only]
-    timings = {}
-    start = time.perf_counter()
-    for stage in plan:
-        timings[stage.name] = round(run_stage(stage), 1)
-    timings["total"] = round(time.perf_counter() - start, 1)
     out = REPO / DEMO_OUT
     out.mkdir(parents=True, exist_ok=True)
-    (out / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
-    print(f"[demo] finished in {timings['total']:.0f} s; stage timings in {DEMO_OUT}/timings.json", flush=True)
+    timings_path = out / "timings.json"
+    # seconds per stage, kept across runs: a stage skipped now keeps the time it took when it ran
+    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    start = time.perf_counter()
+    for stage in plan:
+        seconds = run_stage(stage)
+        if seconds:
+            timings[stage.name] = round(seconds, 1)
+            tmp = timings_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(timings, indent=2) + "\n")
+            tmp.replace(timings_path)
+    elapsed = time.perf_counter() - start
+    print(f"[demo] finished in {elapsed:.0f} s; stage timings in {DEMO_OUT}/timings.json", flush=True)
     return 0
 
 
