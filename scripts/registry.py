@@ -1,0 +1,170 @@
+"""Map a run folder to its method's editable model: ``load_method(run_dir, device) -> (model, find_direction, info)``.
+
+Lives beside the scripts (DESIGN.md: whatever maps a run folder to its method's model lives above the methods),
+so ``common/`` stays method-agnostic and the methods never import each other. The run's ``config.yaml`` (written
+by every training script through ``common.run.RunContext``) names the method in its ``method`` key:
+
+- ``vae``: ``vae.model.load_model_from_run``; directions from the encoded training split (mean | boundary).
+- ``glow``: ``flow.glow.load_model_from_run``; same directions; ``sample_latents`` samples at ``temperature``.
+- ``pggan``: the EMA generator wrapped in ``PGGANEditable``; directions from generated samples scored by a
+  predictor run (the one that FINDS directions, default the config's ``edit.predictor``).
+
+``find_direction(attribute, method)`` is what ``common.editing.get_direction`` / ``run_edit`` call for a
+direction not yet saved in ``RUN/directions/``. The glue mirrors scripts/edit_vae.py, edit_glow.py and
+edit_interface_gan.py.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import yaml  # noqa: E402
+
+from common.cli import UserError  # noqa: E402
+
+METHODS = ("vae", "glow", "pggan")
+# method -> (training script, config folder, the method's default direction finder)
+TRAINING = {"vae": ("scripts/train_vae.py", "configs/vae", "mean"),
+            "glow": ("scripts/train_glow.py", "configs/flow", "mean"),
+            "pggan": ("scripts/train_pggan.py", "configs/interface_gan", "boundary")}
+DEFAULT_PREDICTOR = "runs/predictor/synthetic"
+DEFAULT_GLOW_TEMPERATURE = 0.7  # as scripts/edit_glow.py: T = 1 samples of a small Glow are mostly noise
+
+
+def _train_hint(run_dir: Path) -> str:
+    """'python scripts/train_vae.py --config configs/vae/<stem>.yaml', guessed from runs/<method>/<stem>."""
+    method = run_dir.parent.name
+    script, folder, _ = TRAINING.get(method, ("scripts/train_<method>.py", "configs/<method>", ""))
+    return f"python {script} --config {folder}/{run_dir.name}.yaml --out {run_dir}"
+
+
+def read_run_method(run_dir) -> str:
+    """The ``method`` key of RUN/config.yaml, with one-line errors for a missing, unreadable or unknown run."""
+    run_dir = Path(run_dir)
+    config = run_dir / "config.yaml"
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: run folder not found; train it first with {_train_hint(run_dir)}")
+    if not config.is_file():
+        raise UserError(f"{run_dir}: no config.yaml; train it first with {_train_hint(run_dir)}")
+    try:
+        data = yaml.safe_load(config.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{config}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    method = data.get("method") if isinstance(data, dict) else None
+    if method is None:
+        raise UserError(f"{config}: no 'method' key; expected a run folder written by a training script")
+    if method not in METHODS:
+        extra = " (an attribute predictor judges edits, it is not an editable model)" if method == "predictor" else ""
+        raise UserError(f"{config}: unknown method {method!r}{extra}; choose one of: {', '.join(METHODS)}")
+    if not (run_dir / "checkpoints" / "last.pt").is_file():
+        raise UserError(f"{run_dir}: no checkpoints/last.pt yet; finish training with {_train_hint(run_dir)} "
+                        "--resume")
+    return method
+
+
+class _RememberingEncoder:
+    """Wraps a model so that encoding the same batch twice costs nothing.
+
+    ``encoder_direction`` encodes the whole training split again for every attribute (same seeded subset, same
+    batches); evaluating four attributes of a Glow would encode 8k images four times (minutes on a CPU). Batches
+    are recognised by a hash of their bytes, so a different batch can never get a stale answer.
+    """
+
+    def __init__(self, model):
+        self.model, self.memory = model, {}
+
+    def encode(self, images):
+        import hashlib
+
+        key = hashlib.sha1(images.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+        if key not in self.memory:
+            self.memory[key] = self.model.encode(images).detach().cpu()
+        return self.memory[key]
+
+
+def _cache_finder(model, run_dir: Path, cache: str | None, max_images: int, batch_size: int):
+    """find_direction of encoder models: encode the run's training cache and fit (common.editing)."""
+    from common.editing import encoder_direction, run_cache_dir
+
+    encoder = _RememberingEncoder(model)
+
+    def find_direction(attribute: str, method: str):
+        cache_dir = run_cache_dir(run_dir, model, cache)
+        if not (cache_dir / "manifest.json").exists():
+            raise UserError(f"{cache_dir}: the run's training cache is missing (needed to find the {attribute} "
+                            "direction); prepare it with scripts/prepare_data.py")
+        from common.cache import CelebACache
+
+        return encoder_direction(encoder, CelebACache(cache_dir, "train"), attribute, method, batch_size=batch_size,
+                                 max_images=max_images, progress=False)
+
+    return find_direction
+
+
+def load_method(run_dir, device="cpu", predictor_run=None, cache: str | None = None,
+                glow_temperature: float = DEFAULT_GLOW_TEMPERATURE, samples: int | None = None,
+                max_train_images: int = 20000, batch_size: int = 256, seed: int = 0):
+    """(model: EditableModel, find_direction(attribute, method) -> Direction, info dict) for a run folder.
+
+    info: {"method", "run_dir", "direction_method" (the method's default finder), "walk" (sphere | relative),
+    "cache" (the run's prepared cache), plus "predictor" (pggan), "temperature" and "n_bits" (glow)}.
+    """
+    import torch
+
+    from common.editing import resolve_device, run_cache_dir
+
+    run_dir = Path(run_dir)
+    method = read_run_method(run_dir)
+    device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    info = {"method": method, "run_dir": str(run_dir), "direction_method": TRAINING[method][2]}
+
+    if method == "vae":
+        from vae.model import load_model_from_run
+
+        model = load_model_from_run(run_dir, device)
+        find_direction = _cache_finder(model, run_dir, cache, max_train_images, batch_size)
+    elif method == "glow":
+        from flow.glow import load_model_from_run
+
+        model = load_model_from_run(run_dir, device)
+        sample = model.sample_latents
+        # an instance attribute shadows the method: the shared pipeline calls sample_latents(n, generator)
+        model.sample_latents = lambda n, generator=None, temperature=glow_temperature: sample(n, generator,
+                                                                                              temperature)
+        find_direction = _cache_finder(model, run_dir, cache, max_train_images, batch_size)
+        info.update(temperature=glow_temperature, n_bits=int(model.n_bits))
+    else:
+        from common.predictor import load_predictor
+        from interface_gan.boundaries import make_find_direction, sample_and_score
+        from interface_gan.inversion import PGGANEditable, load_generator
+
+        generator, cfg = load_generator(run_dir, device)
+        predictor_dir = Path(predictor_run or cfg.edit.predictor or DEFAULT_PREDICTOR)
+        if not (predictor_dir / "checkpoints").is_dir():
+            raise UserError(f"{predictor_dir}: predictor run not found (the PGGAN needs it to find directions); "
+                            "train one with python scripts/train_predictor.py --config "
+                            "configs/predictor/synthetic.yaml or pass the predictor run")
+        predictor = load_predictor(predictor_dir, device)
+        e = cfg.edit
+        model = PGGANEditable(generator, device, predictor, steps=e.inversion_steps, lr=e.inversion_lr,
+                              starts=e.inversion_starts, feature_weight=e.inversion_feature_weight, seed=seed)
+        n_samples = samples or e.samples
+        state: dict = {}
+
+        def scored_samples():
+            if "samples" not in state:
+                state["samples"] = sample_and_score(model, predictor, n_samples,
+                                                    run_dir / "directions" / "samples.npz",
+                                                    str(predictor_dir.resolve()), seed=cfg.train.seed)
+            return state["samples"]
+
+        find_direction = make_find_direction(model, scored_samples, e.boundary_fraction, e.ganspace_depth,
+                                             e.ganspace_samples, seed=cfg.train.seed)
+        model.config = cfg  # run_cache_dir reads the data section
+        info.update(predictor=str(predictor_dir), samples=n_samples)
+    info["walk"] = "sphere" if getattr(model, "latent_on_sphere", False) else "relative"
+    info["cache"] = str(run_cache_dir(run_dir, model, cache))
+    return model, find_direction, info
