@@ -64,6 +64,9 @@ def stages(num: int) -> list[Stage]:
         *edit_stages("vae", "scripts/edit_vae.py", "runs/vae/synthetic", "mean"),
         *edit_stages("glow", "scripts/edit_glow.py", "runs/glow/synthetic", "mean"),
         *edit_stages("pggan", "scripts/edit_interface_gan.py", "runs/pggan/synthetic", "boundary"),
+        Stage("evaluate", python("scripts/evaluate.py", "--runs", "runs/vae/synthetic", "runs/glow/synthetic",
+                                 "runs/pggan/synthetic", "--judge", "runs/predictor/synthetic-judge", "--num", "64",
+                                 "--out", "runs/evaluation"), "runs/evaluation/report.md"),
     ]
 
 
