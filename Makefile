@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint setup clean-demo
+.PHONY: demo test lint setup clean-demo docs-images
 
 setup: $(STAMP)
 
@@ -27,3 +27,7 @@ lint: $(STAMP)
 
 clean-demo:
 	rm -rf data/synthetic data/cache runs/demo
+
+# Refresh the README's pictures from the demo's runs (after `make demo`).
+docs-images: $(STAMP)
+	$(PY) scripts/docs_images.py
