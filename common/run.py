@@ -335,14 +335,19 @@ class RunContext:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    def wrap(self, model: nn.Module) -> nn.Module:
-        """to(device), channels_last, DistributedDataParallel (models with trainable weights), torch.compile."""
+    def wrap(self, model: nn.Module, find_unused_parameters: bool = False) -> nn.Module:
+        """to(device), channels_last, DistributedDataParallel (models with trainable weights), torch.compile.
+
+        find_unused_parameters: for models that leave some parameters out of a step's graph (PGGAN's blocks
+        that are not grown in yet), which DDP otherwise waits for forever.
+        """
         model = model.to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if self.distributed and any(p.requires_grad for p in model.parameters()):
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+            model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
+                                                        find_unused_parameters=find_unused_parameters)
         if bool(getattr(self.cfg.train, "compile", False)):
             model = torch.compile(model)
         return model

@@ -342,7 +342,6 @@ def load_model_from_run(run_dir: str | Path, device: str | torch.device = "cpu")
     from common.cli import UserError
     from common.config import config_from_dict
     from common.run import load_run_checkpoint
-
     from flow.config import GlowConfig
 
     state = load_run_checkpoint(run_dir)

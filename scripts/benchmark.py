@@ -1,10 +1,23 @@
 """Measured throughput of the project's pieces: prints a table and writes the numbers to JSON.
 
-    python scripts/benchmark.py [--only loader ...] [--root data/synthetic] [--json runs/benchmark.json]
+    python scripts/benchmark.py [--only vae glow pggan predictor boundary loader edit] [--device auto]
+        [--steps 10 --warmup 3] [--modes fp32 bf16 channels_last+bf16] [--compile] [--scaling]
+        [--json runs/benchmark.json]
 
 Each benchmark is a function in ``BENCHMARKS`` (name -> function(args) -> dict of results with a ``rows`` list
 for the table); add one by writing a function and registering it. The JSON file keeps the results of earlier
 runs of the other benchmarks, so running one benchmark updates only its own entry.
+
+``vae``, ``glow``, ``pggan``, ``predictor``: training images/second of one full optimiser step as the train script
+does it (forward, loss, backward, Adam step, zero_grad; for the GAN one WGAN-GP iteration: critic on real + fake
++ gradient penalty + drift, critic step, generator step, EMA), median of ``--steps`` timed steps after
+``--warmup``, on random inputs, at the published reference architecture and batch (``REFERENCES``: their fp32 /
+bf16 numbers and our target, with pass/fail) and at our synthetic config; per mode (fp32, bf16 autocast,
+channels_last + bf16, torch.compile + bf16 with ``--compile``). Peak memory is CUDA's max_memory_allocated, or on
+the CPU the growth of the resident set (VmHWM after resetting it through /proc/self/clear_refs, heap trimmed first).
+``boundary``: InterFaceGAN's boundary fit at its own scale (500k x 512, top/bottom 2%). ``edit``: latency of a
+7-strength grid of 8 images per method (encode, walk, decode; untrained models). ``--scaling``: step time and
+memory vs resolution and batch for each method, plotted to docs/scaling.png.
 
 ``loader``: images per second delivered as [B, 3, 64, 64] float batches in [-1, 1] by (a) decoding the JPEG
 folder with PIL + torchvision transforms through a DataLoader with 2 workers (the usual CelebA pipeline) and
@@ -14,13 +27,17 @@ folder with PIL + torchvision transforms through a DataLoader with 2 workers (th
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,6 +117,7 @@ def bench_loader(args: argparse.Namespace) -> dict:
         cache_dir = prepare_cache(root, resolution, out=Path(scratch) / f"cache_{resolution}", workers=2,
                                   progress=False, log=None)
         names = index.filenames[:args.num]
+        threads = torch.get_num_threads()
         torch.set_num_threads(1)  # like a training process whose other cores are busy: no hidden parallelism
         generator = torch.Generator().manual_seed(0)
         results = []
@@ -136,6 +154,7 @@ def bench_loader(args: argparse.Namespace) -> dict:
 
         images, seconds = _timed(cache_batches(), 0, args.seconds, cache_batches)
         results.append(("CelebACache.batches (memmap slices, no DataLoader)", images, seconds))
+        torch.set_num_threads(threads)  # the other benchmarks use every core
 
     base = results[0][1] / results[0][2]
     rows = [{"pipeline": name, "images": n, "seconds": round(s, 3), "images_per_second": round(n / s, 1),
@@ -144,9 +163,460 @@ def bench_loader(args: argparse.Namespace) -> dict:
             "source": str(root), "hflip": True, "rows": rows}
 
 
-BENCHMARKS: dict[str, Callable[[argparse.Namespace], dict]] = {
-    "loader": bench_loader,
+# ---------------------------------------------------------------------------------------------------------------
+# Training throughput: one full optimiser step per timed call, as each train script does it.
+
+# Published reference numbers measured on a 2-core bf16-capable CPU (torch 2.14.1, median step after warm-up) and
+# the target throughput for our implementation at the SAME architecture and batch.
+REFERENCES = {
+    "vae": {"reference": "PyTorch-VAE VanillaVAE", "fp32": 229.0, "bf16": 452.0, "target": 680.0},
+    "glow": {"reference": "rosinality glow-pytorch", "fp32": 37.8, "bf16": 57.4, "target": 86.0},
+    "pggan": {"reference": "pytorch_GAN_zoo PGAN (WGAN-GP iteration)", "fp32": 1.45, "bf16": 3.16, "target": 4.7},
 }
+MODES = {  # name -> (bf16 autocast, channels_last, torch.compile)
+    "fp32": (False, False, False),
+    "bf16": (True, False, False),
+    "channels_last+bf16": (True, True, False),
+    "compile+bf16": (True, False, True),
+}
+
+
+@dataclass
+class TrainSetup:
+    """A method at one size: ``make_step(mode)`` builds fresh model + optimiser + inputs, returns the step."""
+
+    method: str
+    size: str  # "reference" or "synthetic" (configs/<method>/synthetic.yaml)
+    resolution: int
+    batch: int
+    params: int
+    make_step: Callable[[str], Callable[[], None]]
+
+
+def _device(args: argparse.Namespace) -> torch.device:
+    from common.distributed import resolve_device
+
+    return resolve_device(getattr(args, "device", "auto"))
+
+
+def _amp(mode: str, device: torch.device):
+    if MODES[mode][0]:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _prepare(module: torch.nn.Module, mode: str, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(module to call, bare module) on the device, channels_last and/or compiled as the mode says."""
+    module = module.to(device)
+    if MODES[mode][1]:
+        module = module.to(memory_format=torch.channels_last)
+    return (torch.compile(module) if MODES[mode][2] else module), module
+
+
+def _images(batch: int, resolution: int, device: torch.device, mode: str, seed: int = 0) -> torch.Tensor:
+    x = torch.rand(batch, 3, resolution, resolution, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    x = x.to(device)  # [B, 3, R, R] in [-1, 1]
+    return x.contiguous(memory_format=torch.channels_last) if MODES[mode][1] else x
+
+
+def _config(cls, path: str):
+    from common.config import load_config
+
+    return load_config(cls, REPO / path, [])
+
+
+def _count(*modules: torch.nn.Module) -> int:
+    return sum(p.numel() for m in modules for p in m.parameters())
+
+
+def vae_setup(size: str, device: torch.device, resolution: int | None = None, batch: int | None = None):
+    from vae.config import VAEConfig
+    from vae.model import ConvVAE, vae_loss
+
+    if size == "reference":  # VanillaVAE: 64x64, latent 128, widths 32..512, batch 64
+        res, latent, widths, bs, norm = 64, 128, (32, 64, 128, 256, 512), 64, "batch"
+    else:
+        cfg = _config(VAEConfig, "configs/vae/synthetic.yaml")
+        res, latent, widths, bs = cfg.data.resolution, cfg.model.latent_dim, tuple(cfg.model.widths), \
+            cfg.train.batch_size
+        norm = cfg.model.norm
+    res, bs = resolution or res, batch or bs
+
+    def build():
+        return ConvVAE(res, latent, widths, norm=norm)
+
+    def make_step(mode: str):
+        net, vae = _prepare(build(), mode, device)
+        opt = torch.optim.Adam(vae.parameters(), lr=1e-4, foreach=True)
+        x = _images(bs, res, device, mode)
+
+        def step():
+            with _amp(mode, device):
+                out = net(x)
+            loss = vae_loss(x, out.x_mean, out.mu, out.logvar, vae.log_sigma, 1.0)["total"]
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return step
+    return TrainSetup("vae", size, res, bs, _count(build()), make_step)
+
+
+def glow_setup(size: str, device: torch.device, resolution: int | None = None, batch: int | None = None):
+    from flow.config import GlowConfig
+    from flow.glow import Glow, apply_if_finite, bits_per_dim
+
+    if size == "reference":  # rosinality: 32x32, K=8, L=3, width 512, affine, LU, learned prior, 5-bit, batch 16
+        kw = dict(levels=3, steps=8, hidden_channels=512, coupling="affine", n_bits=5, learn_top=True)
+        res, bs = 32, 16
+    else:
+        cfg = _config(GlowConfig, "configs/flow/synthetic.yaml")
+        m = cfg.model
+        kw = dict(levels=m.levels, steps=m.steps, hidden_channels=m.hidden_channels, coupling=m.coupling,
+                  n_bits=m.n_bits, learn_top=m.learn_top)
+        res, bs = cfg.data.resolution, cfg.train.batch_size
+    res, bs = resolution or res, batch or bs
+
+    def build():
+        return Glow(resolution=res, **kw)
+
+    def make_step(mode: str):
+        net, glow = _prepare(build(), mode, device)
+        opt = torch.optim.Adam(glow.parameters(), lr=1e-4, foreach=True)
+        x = _images(bs, res, device, mode)
+        gen = torch.Generator().manual_seed(1)
+        glow.initialize(glow.preprocess(x, torch.rand(x.shape, generator=gen).to(device)))  # actnorm init
+
+        def step():
+            y = glow.preprocess(x, torch.rand(x.shape, device=device))  # uniform dequantisation, fp32
+            with _amp(mode, device):
+                out = net(y)
+            loss = bits_per_dim(out["log_p"], glow.num_dims, glow.n_bins).mean()
+            apply_if_finite(loss, opt, 50.0)  # what train_glow does: skip non-finite, clip, step, zero_grad
+        return step
+    return TrainSetup("glow", size, res, bs, _count(build()), make_step)
+
+
+def pggan_setup(size: str, device: torch.device, resolution: int | None = None, batch: int | None = None):
+    import copy
+    from types import SimpleNamespace
+
+    from interface_gan.config import PGGANConfig
+    from interface_gan.losses import drift_penalty, generator_loss, gradient_penalty, wasserstein_critic_loss
+    from interface_gan.pggan import build_networks, sample_latents
+
+    if size == "reference":  # GAN zoo PGAN fully grown at 32x32: widths 512, latent 512, batch 16
+        model_cfg = SimpleNamespace(latent_dim=512, fmap_base=16384, fmap_max=512, fmap_min=1, mbstd_group=4)
+        res, bs, betas = 32, 16, (0.0, 0.99)
+    else:
+        cfg = _config(PGGANConfig, "configs/interface_gan/synthetic.yaml")
+        model_cfg, res = cfg.model, cfg.data.resolution
+        bs = (list(cfg.pggan.batch_sizes) or [cfg.train.batch_size])[-1]
+        betas = (cfg.pggan.beta1, cfg.pggan.beta2)
+    res, bs = resolution or res, batch or bs
+
+    def make_step(mode: str):
+        generator, discriminator = build_networks(model_cfg, res)
+        g_ema = copy.deepcopy(generator).to(device).requires_grad_(False)
+        g_net, generator = _prepare(generator, mode, device)
+        d_net, discriminator = _prepare(discriminator, mode, device)
+        opt_g = torch.optim.Adam(generator.parameters(), lr=1e-3, betas=betas, foreach=True)
+        opt_d = torch.optim.Adam(discriminator.parameters(), lr=1e-3, betas=betas, foreach=True)
+        real = _images(bs, res, device, mode)
+        gen = torch.Generator().manual_seed(2)
+
+        def step():
+            z_d = sample_latents(bs, model_cfg.latent_dim, gen).to(device)
+            z_g = sample_latents(bs, model_cfg.latent_dim, gen).to(device)
+            eps = torch.rand(bs, generator=gen).to(device)
+            with _amp(mode, device):  # critic: E[D(fake)] - E[D(real)] + GP + drift
+                with torch.no_grad():
+                    fake = g_net(z_d)
+                real_scores, fake_scores = d_net(real), d_net(fake)
+                d_loss = (wasserstein_critic_loss(real_scores, fake_scores)
+                          + gradient_penalty(d_net, real, fake, eps, 10.0) + drift_penalty(real_scores, 0.001))
+            d_loss.backward()
+            opt_d.step()
+            opt_d.zero_grad(set_to_none=True)
+            discriminator.requires_grad_(False)
+            with _amp(mode, device):  # generator: -E[D(G(z))]
+                g_loss = generator_loss(d_net(g_net(z_g)))
+            g_loss.backward()
+            opt_g.step()
+            opt_g.zero_grad(set_to_none=True)
+            discriminator.requires_grad_(True)
+            with torch.no_grad():
+                torch._foreach_lerp_(list(g_ema.parameters()), list(generator.parameters()), 0.001)
+        return step
+    g, d = build_networks(model_cfg, res)
+    return TrainSetup("pggan", size, res, bs, _count(g, d), make_step)
+
+
+def predictor_setup(size: str, device: torch.device, resolution: int | None = None, batch: int | None = None):
+    from common.predictor import build_predictor, predictor_loss
+    from common.predictor_config import PredictorConfig
+
+    path = "configs/predictor/celeba64.yaml" if size == "reference" else "configs/predictor/synthetic.yaml"
+    cfg = _config(PredictorConfig, path)
+    res, bs = resolution or cfg.data.resolution, batch or cfg.train.batch_size
+    factor_names = [] if size == "reference" else ["smile", "mouth_open", "eye_open", "yaw"]
+
+    def build():
+        return build_predictor(cfg.model, res, factor_names)
+
+    def make_step(mode: str):
+        net, model = _prepare(build(), mode, device)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=5e-4, foreach=True)
+        x = _images(bs, res, device, mode)
+        gen = torch.Generator().manual_seed(3)
+        attributes = (torch.rand(bs, 40, generator=gen) < 0.5).float().to(device)
+        yaw = torch.randn(bs, generator=gen).to(device)
+        factors = torch.randn(bs, len(factor_names), generator=gen).to(device)
+
+        def step():
+            with _amp(mode, device):
+                out = net(x)
+            loss = predictor_loss(out, attributes, yaw, factors, model)["total"]
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return step
+    return TrainSetup("predictor", size, res, bs, _count(build()), make_step)
+
+
+SETUPS = {"vae": vae_setup, "glow": glow_setup, "pggan": pggan_setup, "predictor": predictor_setup}
+
+
+def _rss_kib(field_name: str) -> int:
+    """VmRSS / VmHWM of this process in KiB from /proc (Linux), else ru_maxrss; 0 when unknown."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def _reset_peak(device: torch.device) -> int:
+    """Reset the peak-memory counter; returns the baseline (bytes) the peak is measured against."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device)
+    try:  # hand freed heap pages back to the OS, so the baseline RSS is live memory, not the last row's peak
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:  # "5" resets the peak RSS (VmHWM) to the current RSS (Linux >= 4.0)
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    return _rss_kib("VmRSS") * 1024
+
+
+def _peak_delta(device: torch.device, baseline: int) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) - baseline
+    return max(0, _rss_kib("VmHWM") * 1024 - baseline)
+
+
+def time_steps(step: Callable[[], None], steps: int, warmup: int, device: torch.device) -> tuple[float, int]:
+    """(median seconds per step after ``warmup`` untimed steps, peak memory delta in bytes over all steps)."""
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    gc.collect()
+    baseline = _reset_peak(device)
+    for _ in range(warmup):
+        step()
+    sync()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), _peak_delta(device, baseline)
+
+
+def _train_row(setup: TrainSetup, mode: str, args: argparse.Namespace, device: torch.device) -> dict:
+    step = setup.make_step(mode)
+    seconds, peak = time_steps(step, args.steps, args.warmup, device)
+    row = {"method": setup.method, "size": setup.size, "res": setup.resolution, "batch": setup.batch,
+           "params_M": round(setup.params / 1e6, 2), "mode": mode, "step_ms": round(seconds * 1e3, 1),
+           "img_per_s": round(setup.batch / seconds, 2), "peak_MB": round(peak / 2**20, 1)}
+    ref = REFERENCES.get(setup.method) if setup.size == "reference" else None
+    if ref:
+        row.update(ref_fp32=ref["fp32"], ref_bf16=ref["bf16"], target=ref["target"],
+                   passed=("pass" if row["img_per_s"] >= ref["target"] else "FAIL") if mode != "fp32" else "-")
+    else:
+        row.update(ref_fp32="-", ref_bf16="-", target="-", passed="-")
+    print(f"  {setup.method:9s} {setup.size:9s} {mode:18s} {row['img_per_s']:9.2f} img/s  "
+          f"{row['peak_MB']:8.1f} MB", flush=True)
+    return row
+
+
+def _train_benchmark(method: str):
+    def bench(args: argparse.Namespace) -> dict:
+        device = _device(args)
+        modes = [m for m in args.modes if args.compile or not MODES[m][2]]
+        rows = []
+        for size in ("reference", "synthetic"):
+            setup = SETUPS[method](size, device)
+            for mode in modes:
+                rows.append(_train_row(setup, mode, args, device))
+        return {"device": str(device), "threads": torch.get_num_threads(), "steps": args.steps,
+                "warmup": args.warmup, "loadavg_1min": round(os.getloadavg()[0], 2), "rows": rows}
+    bench.__doc__ = f"{method}: training images/second and peak memory per precision mode."
+    return bench
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Edit latency, the InterFaceGAN boundary fit, and scaling.
+
+
+def bench_edit(args: argparse.Namespace) -> dict:
+    """Latency of a 7-step edit grid of 8 images (encode, walk, decode) per method, untrained synthetic models."""
+    import numpy as np
+
+    from common.directions import Direction, walk
+
+    device = _device(args)
+    strengths = np.linspace(-3, 3, 7)
+    rows = []
+
+    def editable(method: str):
+        if method == "vae":
+            from vae.config import VAEConfig
+            from vae.model import EditableVAE, build_model
+
+            cfg = _config(VAEConfig, "configs/vae/synthetic.yaml")
+            return EditableVAE(build_model(cfg.model, cfg.data.resolution), device), "relative", "posterior mean"
+        if method == "glow":
+            from flow.config import GlowConfig
+            from flow.glow import build_model
+
+            cfg = _config(GlowConfig, "configs/flow/synthetic.yaml")
+            glow = build_model(cfg.model, cfg.data.resolution).to(device)
+            glow.initialize(glow.preprocess(_images(32, cfg.data.resolution, device, "fp32")))
+            return glow.eval(), "relative", "exact inverse"
+        from interface_gan.config import PGGANConfig
+        from interface_gan.inversion import PGGANEditable
+        from interface_gan.pggan import build_networks
+
+        cfg = _config(PGGANConfig, "configs/interface_gan/synthetic.yaml")
+        generator, _ = build_networks(cfg.model, cfg.data.resolution)
+        e = cfg.edit
+        return (PGGANEditable(generator, device, steps=e.inversion_steps, lr=e.inversion_lr, starts=e.inversion_starts,
+                              feature_weight=0.0), "sphere",
+                f"GAN inversion ({e.inversion_steps} steps x {e.inversion_starts} starts, no feature loss)")
+
+    for method in args.edit_methods:
+        model, mode, how = editable(method)
+        images = _images(8, model.resolution, device, "fp32")
+        vector = np.random.default_rng(0).standard_normal(model.latent_dim)
+        direction = Direction(vector=vector / np.linalg.norm(vector), scale=1.0, attribute="Smiling", method="mean")
+        with torch.no_grad() if method != "pggan" else contextlib.nullcontext():
+            t0 = time.perf_counter()
+            z = model.encode(images)  # [8, D]
+            t1 = time.perf_counter()
+            walked = torch.as_tensor(walk(z.cpu().double().numpy(), direction, strengths, mode),
+                                     dtype=torch.float32)  # [8, 7, D]
+            t2 = time.perf_counter()
+            grid = model.decode(walked.reshape(-1, model.latent_dim).to(device))  # [56, 3, R, R]
+            t3 = time.perf_counter()
+        assert grid.shape == (56, 3, model.resolution, model.resolution)
+        rows.append({"method": method, "res": model.resolution, "encode": how, "encode_s": round(t1 - t0, 3),
+                     "walk_s": round(t2 - t1, 4), "decode_s": round(t3 - t2, 3), "total_s": round(t3 - t0, 3)})
+        print(f"  {method:6s} edit grid 8x7: {t3 - t0:.3f} s", flush=True)
+    return {"device": str(device), "images": 8, "strengths": 7, "loadavg_1min": round(os.getloadavg()[0], 2),
+            "rows": rows}
+
+
+def bench_boundary(args: argparse.Namespace) -> dict:
+    """InterFaceGAN's train_boundary at its own scale (500k x 512, top/bottom 2%): seconds and validation accuracy."""
+    from common.directions import benchmark_linear_boundary
+
+    result = benchmark_linear_boundary(n=args.boundary_n, d=512, ratio=0.02, seed=0)
+    reference_seconds, target_seconds = 452.0, 5.0
+    row = {"n": result["n"], "d": result["d"], "ratio": result["ratio"], "classifier": result["classifier"],
+           "seconds": result["seconds"], "val_accuracy": round(result["val_accuracy"], 4),
+           "cosine_to_planted": round(result["cosine_to_planted"], 4), "ref_seconds_svc": reference_seconds,
+           "target_seconds": target_seconds,
+           "passed": "pass" if result["seconds"] <= target_seconds and result["n"] >= 500000 else
+           ("FAIL" if result["n"] >= 500000 else "- (smaller n)")}
+    return {"loadavg_1min": round(os.getloadavg()[0], 2), "rows": [row]}
+
+
+def bench_scaling(args: argparse.Namespace) -> dict:
+    """Step time and peak memory vs resolution (batch fixed) and vs batch (32x32), synthetic architectures, bf16."""
+    device = _device(args)
+    rows = []
+    for method in args.scaling_methods:
+        sweeps = [("resolution", r, args.scaling_batch) for r in args.resolutions] + \
+                 [("batch", 32, b) for b in args.batches]
+        for sweep, res, batch in sweeps:
+            setup = SETUPS[method]("synthetic", device, resolution=res, batch=batch)
+            seconds, peak = time_steps(setup.make_step("bf16"), args.scaling_steps, 1, device)
+            rows.append({"method": method, "sweep": sweep, "res": res, "batch": batch,
+                         "step_ms": round(seconds * 1e3, 1), "img_per_s": round(batch / seconds, 2),
+                         "peak_MB": round(peak / 2**20, 1)})
+            print(f"  {method:9s} {sweep:10s} {res:4d}px batch {batch:4d}: {seconds * 1e3:9.1f} ms "
+                  f"{peak / 2**20:8.1f} MB", flush=True)
+    _plot_scaling(rows, Path(args.plot))
+    return {"device": str(device), "mode": "bf16", "loadavg_1min": round(os.getloadavg()[0], 2),
+            "plot": str(args.plot), "rows": rows}
+
+
+def _plot_scaling(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    for method in dict.fromkeys(r["method"] for r in rows):
+        res_rows = [r for r in rows if r["method"] == method and r["sweep"] == "resolution"]
+        batch_rows = [r for r in rows if r["method"] == method and r["sweep"] == "batch"]
+        for ax, sweep_rows, x, y in ((axes[0, 0], res_rows, "res", "step_ms"), (axes[0, 1], res_rows, "res", "peak_MB"),
+                                     (axes[1, 0], batch_rows, "batch", "img_per_s"),
+                                     (axes[1, 1], batch_rows, "batch", "peak_MB")):
+            if sweep_rows:
+                ax.plot([r[x] for r in sweep_rows], [r[y] for r in sweep_rows], marker="o", label=method)
+    titles = (("step time vs resolution", "resolution (px)", "ms per training step"),
+              ("peak memory vs resolution", "resolution (px)", "peak memory delta (MB)"),
+              ("throughput vs batch (32x32)", "batch size", "images / s"),
+              ("peak memory vs batch (32x32)", "batch size", "peak memory delta (MB)"))
+    for ax, (title, xlabel, ylabel) in zip(axes.flat, titles):
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.suptitle("Training step scaling, synthetic configs, bf16 autocast, "
+                 f"{torch.get_num_threads()} threads (scripts/benchmark.py --scaling)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+BENCHMARKS: dict[str, Callable[[argparse.Namespace], dict]] = {
+    "vae": _train_benchmark("vae"),
+    "glow": _train_benchmark("glow"),
+    "pggan": _train_benchmark("pggan"),
+    "predictor": _train_benchmark("predictor"),
+    "boundary": bench_boundary,
+    "loader": bench_loader,
+    "edit": bench_edit,
+}
+EXTRA = {"scaling": bench_scaling}  # slow: only with --scaling (or --only scaling)
 
 
 def _print_table(name: str, rows: list[dict]) -> None:
@@ -173,22 +643,46 @@ def _write_json(path: Path, results: dict) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="+", metavar="NAME", help=f"run only these ({', '.join(BENCHMARKS)})")
+    parser.add_argument("--only", nargs="+", metavar="NAME",
+                        help=f"run only these ({', '.join([*BENCHMARKS, *EXTRA])})")
     parser.add_argument("--json", default="runs/benchmark.json", help="results file (merged with earlier runs)")
     parser.add_argument("--root", default="data/synthetic",
                         help="loader: CelebA folder (synthetic images are generated when it holds none)")
     parser.add_argument("--num", type=int, default=2000, help="loader: distinct images to read (default 2000)")
     parser.add_argument("--jpeg-images", type=int, default=1280, help="loader: images timed for the JPEG pipeline")
     parser.add_argument("--seconds", type=float, default=3.0, help="loader: seconds timed per cache pipeline")
+    parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N")
+    parser.add_argument("--steps", type=int, default=10, help="timed training steps per row (median reported)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed training steps before timing")
+    parser.add_argument("--modes", nargs="+", default=[m for m in MODES if not MODES[m][2]], choices=list(MODES),
+                        help="precision / layout modes of the training benchmarks")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile on CPU)")
+    parser.add_argument("--edit-methods", nargs="+", default=["vae", "glow", "pggan"], choices=["vae", "glow", "pggan"])
+    parser.add_argument("--boundary-n", type=int, default=500000, help="boundary: latents (InterFaceGAN: 500k)")
+    parser.add_argument("--scaling", action="store_true", help="also measure scaling and plot it (--plot)")
+    parser.add_argument("--scaling-methods", nargs="+", default=list(SETUPS), choices=list(SETUPS))
+    parser.add_argument("--resolutions", nargs="+", type=int, default=[32, 64, 128])
+    parser.add_argument("--scaling-batch", type=int, default=16, help="scaling: batch of the resolution sweep")
+    parser.add_argument("--batches", nargs="+", type=int, default=[8, 16, 32, 64], help="scaling: batch sweep")
+    parser.add_argument("--scaling-steps", type=int, default=3, help="scaling: timed steps per point")
+    parser.add_argument("--plot", default="docs/scaling.png", help="scaling: where the figure goes")
     args = parser.parse_args()
+    if args.compile and "compile+bf16" not in args.modes:
+        args.modes.append("compile+bf16")
+    if min(args.steps, args.scaling_steps) < 1 or args.warmup < 0:
+        raise UserError("--steps and --scaling-steps must be >= 1 and --warmup >= 0")
+    available = {**BENCHMARKS, **EXTRA}
     names = args.only or list(BENCHMARKS)
-    unknown = [n for n in names if n not in BENCHMARKS]
+    if args.scaling and "scaling" not in names:
+        names.append("scaling")
+    unknown = [n for n in names if n not in available]
     if unknown:
-        raise UserError(f"--only {' '.join(unknown)}: unknown benchmark; choose from {', '.join(BENCHMARKS)}")
+        raise UserError(f"--only {' '.join(unknown)}: unknown benchmark; choose from {', '.join(available)}")
     command = "python scripts/benchmark.py " + " ".join(sys.argv[1:])
     results = {}
     for name in names:
-        result = BENCHMARKS[name](args)
+        print(f"[{name}]", flush=True)
+        result = available[name](args)
         result.update(command=command.strip(), cpu_count=os.cpu_count(), torch=torch.__version__,
                       machine=platform.machine(), time=time.strftime("%Y-%m-%d %H:%M:%S"))
         results[name] = result

@@ -99,7 +99,9 @@ def main() -> int:
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank and every (re)start
     generator, discriminator = build_networks(cfg.model, resolution)
     g_ema = copy.deepcopy(generator).eval().requires_grad_(False)
-    g_model, d_model = ctx.wrap(generator), ctx.wrap(discriminator)
+    # blocks above the current resolution get no gradient until they are grown in
+    g_model = ctx.wrap(generator, find_unused_parameters=True)
+    d_model = ctx.wrap(discriminator, find_unused_parameters=True)
     generator, discriminator = ctx.unwrap(g_model), ctx.unwrap(d_model)
     g_ema = g_ema.to(ctx.device)
     opt_g, opt_d = make_optimizers(cfg, generator, discriminator)

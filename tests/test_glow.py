@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian
 
-from flow.glow import Glow, apply_if_finite, bits_per_dim, bins_to_image, quantize, snap_to_grid
+from flow.glow import Glow, apply_if_finite, bins_to_image, bits_per_dim, quantize, snap_to_grid
 from flow.layers import ActNorm, Coupling, FlowStep, InvConv1x1LU, squeeze2d, unsqueeze2d
 
 REPO = Path(__file__).resolve().parents[1]
@@ -285,7 +285,6 @@ def test_bad_input_shapes_raise_clear_errors():
 
 def test_shipped_configs_load_and_match_their_intent():
     from common.config import load_config
-
     from flow.config import GlowConfig
 
     synthetic = load_config(GlowConfig, REPO / "configs" / "flow" / "synthetic.yaml", [])
