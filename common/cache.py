@@ -56,6 +56,17 @@ def default_cache_dir(root: str | os.PathLike, resolution: int) -> Path:
     return root.parent / "cache" / f"{root.name}_{resolution}"
 
 
+def open_training_cache(data_cfg, split: str = "train", hflip: bool | None = None) -> tuple[Path, CelebACache]:
+    """The prepared cache a config's ``data`` section names (``data.cache`` or the default folder), opened on
+    ``split`` and checked against ``data.resolution``; returns ``(cache_dir, dataset)``."""
+    cache_dir = Path(data_cfg.cache) if data_cfg.cache else default_cache_dir(data_cfg.root, data_cfg.resolution)
+    dataset = CelebACache(cache_dir, split, hflip=data_cfg.hflip if hflip is None else hflip)
+    if dataset.resolution != data_cfg.resolution:
+        raise CacheError(f"{cache_dir}: cache resolution is {dataset.resolution} but data.resolution is "
+                         f"{data_cfg.resolution}; prepare the cache at that resolution or set data.cache")
+    return cache_dir, dataset
+
+
 def prepare_command(root: str = "<CelebA folder>", resolution: int | str = "<R>") -> str:
     return f"python scripts/prepare_data.py --root {root} --resolution {resolution}"
 

@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from common.cache import CelebACache, default_cache_dir  # noqa: E402
-from common.cli import UserError, run_main  # noqa: E402
+from common.cache import CelebACache, open_training_cache  # noqa: E402
+from common.cli import run_main  # noqa: E402
 from common.config import load_config  # noqa: E402
 from common.run import EMA, RunContext, add_train_arguments, all_reduce_mean, rank, world_size  # noqa: E402
 from flow.config import GlowConfig  # noqa: E402
@@ -94,11 +94,7 @@ def main() -> int:
     if ctx is None:
         return 0  # --dry-run
 
-    cache_dir = cfg.data.cache or default_cache_dir(cfg.data.root, cfg.data.resolution)
-    dataset = CelebACache(cache_dir, "train", hflip=cfg.data.hflip)
-    if dataset.resolution != cfg.data.resolution:
-        raise UserError(f"{cache_dir}: cache resolution is {dataset.resolution} but data.resolution is "
-                        f"{cfg.data.resolution}; prepare the cache at that resolution or set data.cache")
+    cache_dir, dataset = open_training_cache(cfg.data)
     raw = build_model(cfg.model, cfg.data.resolution).to(ctx.device)
     if ctx.is_main:
         params = sum(p.numel() for p in raw.parameters())

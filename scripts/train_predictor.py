@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from common.attributes import CELEBA_ATTRIBUTES  # noqa: E402
-from common.cache import CelebACache, default_cache_dir  # noqa: E402
+from common.cache import CelebACache, open_training_cache  # noqa: E402
 from common.cli import UserError, run_main  # noqa: E402
 from common.config import load_config  # noqa: E402
 from common.predictor import (  # noqa: E402
@@ -81,11 +81,7 @@ def main() -> int:
     if ctx is None:
         return 0  # --dry-run
 
-    cache_dir = cfg.data.cache or default_cache_dir(cfg.data.root, cfg.data.resolution)
-    dataset = CelebACache(cache_dir, "train", hflip=cfg.data.hflip)
-    if dataset.resolution != cfg.data.resolution:
-        raise UserError(f"{cache_dir}: cache resolution is {dataset.resolution} but data.resolution is "
-                        f"{cfg.data.resolution}; prepare the cache at that resolution or set data.cache")
+    cache_dir, dataset = open_training_cache(cfg.data)
     valid = CelebACache(cache_dir, "valid")
     if len(dataset) == 0 or len(valid) == 0:
         raise UserError(f"{cache_dir}: the train and valid splits must both hold images (train {len(dataset)}, "

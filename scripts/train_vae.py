@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from common.cache import CelebACache, default_cache_dir, uint8_to_model  # noqa: E402
-from common.cli import UserError, run_main  # noqa: E402
+from common.cache import CelebACache, open_training_cache, uint8_to_model  # noqa: E402
+from common.cli import run_main  # noqa: E402
 from common.config import load_config  # noqa: E402
 from common.run import EMA, RunContext, add_train_arguments  # noqa: E402
 from vae.config import VAEConfig  # noqa: E402
@@ -76,13 +76,9 @@ def main() -> int:
     add_train_arguments(parser)
     args = parser.parse_args()
     cfg = load_config(VAEConfig, args.config, args.set)
-    cache_dir = cfg.data.cache or default_cache_dir(cfg.data.root, cfg.data.resolution)
     if not args.dry_run:  # fail on a bad architecture or a missing cache before a run folder is created
         check_architecture(cfg.data.resolution, cfg.model.widths)
-        dataset = CelebACache(cache_dir, "train", hflip=cfg.data.hflip)
-        if dataset.resolution != cfg.data.resolution:
-            raise UserError(f"{cache_dir}: cache resolution is {dataset.resolution} but data.resolution is "
-                            f"{cfg.data.resolution}; prepare the cache at that resolution or set data.cache")
+        cache_dir, dataset = open_training_cache(cfg.data)
     ctx = RunContext.create("vae", cfg, args)
     if ctx is None:
         return 0  # --dry-run
