@@ -23,6 +23,7 @@ IMAGES = {
     "glow_pose.png": "runs/glow/synthetic/edits/pose-mean.png",
     "pggan_smile.png": "runs/pggan/synthetic/edits/Smiling-boundary.png",
     "pggan_pose.png": "runs/pggan/synthetic/edits/pose-boundary.png",
+    "score_vs_strength.png": "runs/evaluation/images/score_vs_strength.png",
 }
 
 
