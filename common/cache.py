@@ -56,6 +56,9 @@ def default_cache_dir(root: str | os.PathLike, resolution: int) -> Path:
     return root.parent / "cache" / f"{root.name}_{resolution}"
 
 
+MIRROR_ODD_FACTORS = ("yaw", "lighting")  # synthetic factors a horizontal flip negates
+
+
 def open_training_cache(data_cfg, split: str = "train", hflip: bool | None = None) -> tuple[Path, CelebACache]:
     """The prepared cache a config's ``data`` section names (``data.cache`` or the default folder), opened on
     ``split`` and checked against ``data.resolution``; returns ``(cache_dir, dataset)``."""
@@ -363,7 +366,7 @@ class CelebACache(torch.utils.data.Dataset):
     """One split of a prepared cache; items are dicts of float tensors (images in [-1, 1]).
 
     ``hflip=True`` flips each image left-right with probability 1/2 and then negates its yaw (and the
-    synthetic ``yaw`` factor). The memmap is opened lazily in each process, so the dataset pickles cheaply
+    synthetic factors that a mirror negates: ``yaw`` and the left-right ``lighting`` gradient). The memmap is opened lazily in each process, so the dataset pickles cheaply
     into DataLoader workers and DDP ranks.
     """
 
@@ -397,7 +400,8 @@ class CelebACache(torch.utils.data.Dataset):
         factors_path = self.cache_dir / "factors.npy"
         self._factors = (np.load(factors_path) if factors_path.exists()
                          else np.zeros((len(split_codes), 0), dtype=np.float32))  # [N, F]
-        self._yaw_factor = self.factor_names.index("yaw") if "yaw" in self.factor_names else None
+        # factors that change sign under a left-right mirror (the synthetic set's yaw and its lighting gradient)
+        self._mirror_odd = [i for i, name in enumerate(self.factor_names) if name in MIRROR_ODD_FACTORS]
         self._images = None
         self._images_pid = None
 
@@ -450,8 +454,7 @@ class CelebACache(torch.utils.data.Dataset):
         if mask is not None and mask.any():
             sign = np.where(mask, np.float32(-1), np.float32(1))  # [n]: a flip mirrors the pose
             yaw *= sign
-            if self._yaw_factor is not None:
-                factors[:, self._yaw_factor] *= sign
+            factors[:, self._mirror_odd] *= sign[:, None]
         return {
             "image": uint8_to_model(raw, mask),  # [n, 3, R, R]
             "attributes": torch.from_numpy(self._attributes[rows].astype(np.float32)),  # [n, 40]

@@ -330,3 +330,20 @@ def test_prepare_data_script_reports_a_missing_root_in_one_line(tmp_path, monkey
     stderr = capsys.readouterr().err
     assert info.value.code == 2 and stderr.startswith("error: ") and stderr.count("\n") == 1
     assert "nothing:0: CelebA folder does not exist" in stderr and "list_attr_celeba.txt" in stderr
+
+
+def test_hflip_negates_the_mirror_odd_synthetic_factors(tiny_cache):
+    plain = CelebACache(tiny_cache, "all")
+    flipping = CelebACache(tiny_cache, "all", hflip=True)
+    names = plain.factor_names
+    odd = [names.index("yaw"), names.index("lighting")]
+    even = [i for i in range(len(names)) if i not in odd]
+    torch.manual_seed(0)
+    flips = 0
+    for i in range(len(plain)):
+        a, b = plain[i], flipping[i]
+        if not torch.equal(a["image"], b["image"]):
+            flips += 1
+            assert torch.equal(b["factors"][odd], -a["factors"][odd])  # a mirror turns the head and the light
+            assert torch.equal(b["factors"][even], a["factors"][even])  # and leaves the smile alone
+    assert flips > len(plain) // 4
