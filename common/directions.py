@@ -146,6 +146,30 @@ def mean_difference(latents, labels) -> Direction:
                      metrics={"n_positive": n_pos, "n_negative": n_neg, "mean_distance": scale})
 
 
+def regression_direction(latents, scores) -> Direction:
+    """The mean latent change per standard deviation of a continuous score (the continuous mean difference).
+
+    Least squares of every latent coordinate on the score: slope b = Cov(z, s) / Var(s) [D]; the direction is
+    b * std(s), so strength 1 moves a latent by what one standard deviation of the score changes on average
+    (for head yaw on CelebA-like data, about 18 degrees; +-2 spans the data). latents [N, D], scores [N].
+    """
+    z = _latents_2d(latents)
+    s = as_array(scores, "scores").reshape(-1).astype(np.float64)  # [N]
+    if s.shape[0] != z.shape[0]:
+        raise DirectionError(f"scores: expected {z.shape[0]} scores (one per latent), got {s.shape[0]}")
+    if s.shape[0] < 3 or not np.isfinite(s).all():
+        raise DirectionError(f"scores: need at least 3 finite scores, got {s.shape[0]}")
+    centred = s - s.mean()  # [N]
+    std = float(np.sqrt(np.mean(centred ** 2)))
+    if std == 0.0:
+        raise DirectionError("scores: all scores are equal; a regression direction needs them to vary")
+    slope = (centred @ (z - z.mean(axis=0, dtype=np.float64))) / (len(s) * std ** 2)  # [D] per unit of score
+    diff = slope * std  # [D] per standard deviation of the score
+    scale = float(np.linalg.norm(diff))
+    return Direction(vector=_unit(diff, "regression"), scale=scale, offset=0.0, method="mean",
+                     metrics={"n_images": int(len(s)), "score_std": round(std, 6), "distance_per_std": scale})
+
+
 def select_extremes(scores, ratio: float) -> tuple[np.ndarray, np.ndarray]:
     """InterFaceGAN's sample selection: indices of the bottom and top ``ratio`` fraction of scores, and labels.
 

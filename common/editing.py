@@ -36,6 +36,7 @@ from common.directions import (
     load_direction,
     mean_difference,
     project_out,
+    regression_direction,
     save_direction,
     walk,
 )
@@ -43,7 +44,6 @@ from common.grids import edit_gif, edit_grid
 
 DEFAULT_CACHE_IMAGES = 8  # faces edited when neither --images nor --num is given
 DEFAULT_MAX_TRAIN_IMAGES = 20000  # encoded training images for a direction: plenty for a mean or a boundary
-POSE_MEAN_FRACTION = 1 / 3  # pose mean difference: top third of yaw minus bottom third
 POSE_BOUNDARY_RATIO = 0.3  # pose boundary: keep the top and bottom 30% of yaw
 WALKS = ("relative", "absolute", "sphere")
 
@@ -202,8 +202,8 @@ def encoder_direction(model: EditableModel, cache, attribute: str, method: str, 
     ``cache`` is a CelebACache-like dataset (items are dicts with "image"; ``labels()`` returns
     (attributes [n, 40], yaw [n], factors)). Binary attributes: ``mean`` is the mean difference of the
     positives' and negatives' latents, ``boundary`` a linear boundary fitted on every sample with its own
-    label. ``pose`` uses the yaw score: the mean of the top third minus that of the bottom third, or a
-    boundary on the top and bottom 30% of yaw.
+    label. ``pose`` uses the yaw score: the least-squares latent change per standard deviation of yaw (strength
+    1 = one std of the training yaw, so +-2 spans the data), or a boundary on the top and bottom 30% of yaw.
     """
     attribute = resolve_attribute(attribute)
     name = method.partition(":")[0]
@@ -219,11 +219,8 @@ def encoder_direction(model: EditableModel, cache, attribute: str, method: str, 
     latents = _encode_positions(model, cache, positions, batch_size, progress).double().numpy()  # [n, D]
     if attribute == POSE:
         score = np.asarray(yaw, dtype=np.float64)[positions]  # [n]
-        if name == "mean":
-            order = np.argsort(score, kind="stable")
-            third = max(1, int(len(order) * POSE_MEAN_FRACTION))
-            chosen = np.concatenate([order[:third], order[-third:]])
-            direction = mean_difference(latents[chosen], np.arange(len(chosen)) >= third)
+        if name == "mean":  # the continuous mean difference: latent change per standard deviation of yaw
+            direction = regression_direction(latents, score)
         else:
             direction = linear_boundary(latents, score, ratio=POSE_BOUNDARY_RATIO, seed=seed)
     else:

@@ -20,6 +20,7 @@ from common.directions import (
     mean_difference,
     pca_directions,
     project_out,
+    regression_direction,
     save_direction,
     select_extremes,
     signed_distance,
@@ -61,6 +62,25 @@ def test_mean_difference_recovers_planted_direction_from_torch_inputs():
     assert float(d.vector @ n) > 0.99
     # for N(0,1) split at 0 the class means are at +-sqrt(2/pi)
     assert d.scale == pytest.approx(2 * np.sqrt(2 / np.pi), rel=0.05)
+
+
+def test_regression_direction_known_answer_and_units():
+    # z = (2 s, -s, 0) + noise orthogonal to the score: the slope is (2, -1, 0) per unit of s
+    rng = np.random.default_rng(1)
+    s = rng.normal(0.0, 0.5, size=5000)  # [N] std 0.5
+    z = np.stack([2 * s, -s, rng.standard_normal(5000)], axis=1)  # [N, 3]
+    d = regression_direction(z, s)
+    np.testing.assert_allclose(d.vector[:2], np.array([2.0, -1.0]) / np.sqrt(5), atol=0.02)
+    # strength 1 = one standard deviation of the score: |(2, -1)| * 0.5
+    assert d.scale == pytest.approx(np.sqrt(5) * 0.5, rel=0.03)
+    assert d.metrics["score_std"] == pytest.approx(0.5, rel=0.03)
+
+
+def test_regression_direction_bad_scores():
+    with pytest.raises(DirectionError, match="scores: all scores are equal"):
+        regression_direction(np.ones((4, 2)), np.zeros(4))
+    with pytest.raises(DirectionError, match="expected 4 scores"):
+        regression_direction(np.ones((4, 2)), np.zeros(3))
 
 
 def test_mean_difference_needs_both_classes():
