@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import datetime
 import os
 import shutil
 import signal
@@ -109,6 +110,8 @@ __all__ = [
     "all_reduce_mean",
     "barrier",
     "CHECKPOINT_FORMAT",
+    "adam",
+    "keep_freed_memory",
 ]
 
 # Run-folder entries that --overwrite removes; anything else in the folder is left alone.
@@ -163,6 +166,44 @@ def unwrap(model: nn.Module) -> nn.Module:
             model = model._orig_mod
         else:
             return model
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed blocks up to 32 MiB in the heap; True when it took effect.
+
+    PyTorch's CPU allocator is plain malloc. By default glibc serves big blocks with a fresh mmap and unmaps them
+    on free (and trims the heap top back to the OS), so every training step page-faults its activations and
+    gradients in again: ~28k zero-filled 4 KiB pages per VAE step at 64x64 (113 MB), 265k per PGGAN iteration,
+    20-25% of the step time on CPU (measured with scripts/benchmark.py). A fixed 32 MiB mmap threshold (glibc's
+    largest) and a 1 GiB trim threshold let the next step reuse the same pages. Blocks above 32 MiB are still
+    mapped and returned; the cost is that up to the step's peak stays resident, which training holds anyway.
+    No-op (False) off glibc.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+        return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError):
+        return False
+
+
+def adam(params, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+         decoupled: bool = False, device: torch.device | str | None = None) -> torch.optim.Optimizer:
+    """Adam (AdamW when ``decoupled``) with the fastest exact implementation for the parameters' device.
+
+    ``fused=True`` (one kernel over all parameters) is 4x faster than ``foreach`` on the CPU (11.8M parameters:
+    7 ms vs 30 ms per step) and is what CUDA recommends too; the same fp32 update, in another operation order.
+    Elsewhere (e.g. MPS) ``foreach``. Every trainer and scripts/benchmark.py build their optimisers here.
+    """
+    params = list(params)
+    if device is None:
+        first = next((p for g in params for p in (g["params"] if isinstance(g, dict) else [g])), None)
+        device = first.device if first is not None else "cpu"
+    fast = {"fused": True} if torch.device(device).type in ("cpu", "cuda") else {"foreach": True}
+    cls = torch.optim.AdamW if decoupled else torch.optim.Adam
+    return cls(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **fast)
 
 
 class EMA:
@@ -276,6 +317,7 @@ class RunContext:
         return ctx
 
     def _setup(self) -> None:
+        keep_freed_memory()  # 20-25% faster CPU steps: no page faults on every step's activations
         seed_everything(self.seed + self.rank)
         error = self._prepare_folder() if self.is_main else None
         # Rank 0 decides for all (shared folder or not): every rank fails the same way, none waits forever.
@@ -556,10 +598,19 @@ class RunContext:
         self._closed = True
         self.log.close()
         self._restore_signal_handlers()
-        self._teardown_group()
+        self._teardown_group(sync=True)
 
-    def _teardown_group(self) -> None:
+    def _teardown_group(self, sync: bool = False) -> None:
         if self._owns_process_group and distributed_on():
+            if sync:  # close(): every rank leaves together (not on error paths, where a peer may be gone)
+                # A rank destroying its gloo group while its peer is still tearing down aborted with "terminate
+                # called without an active exception" in about half of the 2-process test runs (also before
+                # this barrier existed); gloo's monitored barrier gives up after a minute instead of hanging.
+                with contextlib.suppress(Exception):
+                    if dist.get_backend() == "gloo":
+                        dist.monitored_barrier(timeout=datetime.timedelta(seconds=60))
+                    else:
+                        dist.barrier()
             with contextlib.suppress(Exception):
                 dist.destroy_process_group()
         self._owns_process_group = False

