@@ -122,6 +122,29 @@ def uint8_to_model(images: np.ndarray, flip: np.ndarray | None = None) -> torch.
     return torch.from_numpy(images_float)
 
 
+def uint8_images_to_model(images: torch.Tensor, channels_last: bool = False,
+                          flip: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 [n, H, W, 3] on any device -> float32 [n, 3, H, W] in [-1, 1], bit-identical to ``uint8_to_model``.
+
+    The device half of the fast loader path (``CelebACache.uint8_batch``): run after the uint8 batch has moved
+    to the training device (a quarter of the bytes to copy; on a GPU the conversion is free). ``flip`` (bool [n])
+    mirrors those images left-right in uint8. ``channels_last`` gives the NHWC-strided result (no transpose at
+    all); otherwise contiguous NCHW. One thread, 64 x 64x64: ~0.35 ms (channels_last) / 0.5 ms, numpy's
+    ``uint8_to_model`` 0.7 ms.
+    """
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = images.permute(0, 3, 1, 2)  # [n, 3, H, W] view, NHWC strides
+    if flip is not None:
+        if x.device.type == "cpu":  # touch only the mirrored images (the host sync is free on the CPU)
+            x = x.clone(memory_format=fmt)  # our own copy (NCHW: transposed in uint8, a quarter of the bytes)
+            rows = flip.nonzero().squeeze(1)  # [m]
+            x.index_copy_(0, rows, x.index_select(0, rows).flip(3))  # [m, 3, H, W] mirrored
+        else:  # no host sync on an accelerator: mirror all, keep the flipped ones
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+    # float32 in the wanted layout, then the same two fp32 passes as uint8_to_model: * float32(1/127.5), - 1
+    return x.to(torch.float32, memory_format=fmt).mul_(np.float32(1 / 127.5).item()).sub_(1.0)
+
+
 def load_user_image(path: str | os.PathLike, resolution: int) -> torch.Tensor:
     """A user's photo -> float32 [3, R, R] in [-1, 1], framed like the cache (see ``to_celeba_frame``)."""
     try:
@@ -404,6 +427,7 @@ class CelebACache(torch.utils.data.Dataset):
         self._mirror_odd = [i for i, name in enumerate(self.factor_names) if name in MIRROR_ODD_FACTORS]
         self._images = None
         self._images_pid = None
+        self._float_labels: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     # -- raw access -----------------------------------------------------------------------------------
 
@@ -419,6 +443,7 @@ class CelebACache(torch.utils.data.Dataset):
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_images"] = None  # never pickle the mapped array: each worker maps the file itself
+        state["_float_labels"] = None  # rebuilt on first use
         return state
 
     @property
@@ -444,24 +469,48 @@ class CelebACache(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
+    def _labels(self, rows: np.ndarray, mask: np.ndarray | None) -> dict[str, torch.Tensor]:
+        """Label tensors of cache rows [n]; a True in ``mask`` (bool [n]) mirrors that item's pose factors."""
+        if self._float_labels is None:  # float32 once, so a batch is three row gathers and no casts
+            self._float_labels = (self._attributes.astype(np.float32), self._yaw.astype(np.float32),
+                                  self._factors.astype(np.float32))
+        attributes, yaw, factors = (array[rows] for array in self._float_labels)  # [n, 40], [n], [n, F] copies
+        if mask is not None and mask.any():
+            sign = np.where(mask, np.float32(-1), np.float32(1))  # [n]: a flip mirrors the pose
+            yaw *= sign
+            if self._mirror_odd:
+                factors[:, self._mirror_odd] *= sign[:, None]
+        return {
+            "attributes": torch.from_numpy(attributes),  # [n, 40]
+            "yaw": torch.from_numpy(yaw),
+            "factors": torch.from_numpy(factors),
+            "index": torch.from_numpy(rows),  # [n] rows of the cache (a fresh array from the fancy index)
+        }
+
     def _batch(self, positions: np.ndarray, flip: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Positions within the split -> a collated batch dict; ``flip`` is a bool [n] mask or None."""
         rows = self.indices[positions]  # [n]
         raw = self.images_uint8(positions)  # [n, R, R, 3] uint8
-        yaw = self._yaw[rows].astype(np.float32)  # [n]
-        factors = self._factors[rows].astype(np.float32)  # [n, F]
         mask = flip.numpy() if flip is not None else None
-        if mask is not None and mask.any():
-            sign = np.where(mask, np.float32(-1), np.float32(1))  # [n]: a flip mirrors the pose
-            yaw *= sign
-            factors[:, self._mirror_odd] *= sign[:, None]
-        return {
-            "image": uint8_to_model(raw, mask),  # [n, 3, R, R]
-            "attributes": torch.from_numpy(self._attributes[rows].astype(np.float32)),  # [n, 40]
-            "yaw": torch.from_numpy(yaw),
-            "factors": torch.from_numpy(factors),
-            "index": torch.from_numpy(rows.copy()),  # [n] rows of the cache
-        }
+        return {"image": uint8_to_model(raw, mask), **self._labels(rows, mask)}  # image [n, 3, R, R]
+
+    def uint8_batch(self, positions: np.ndarray, flip: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        """The fast path: positions [n] -> ``image`` uint8 [n, R, R, 3] (NHWC, NOT yet mirrored), ``flip`` bool
+        [n] (only when ``flip`` is given) and the labels (already mirrored where ``flip`` is True).
+
+        One gather from the memmap (a quarter of the bytes of the float batch, no per-item work) and the label
+        rows; the pixels are mirrored on the training device by ``uint8_images_to_model(image, flip=flip)``,
+        which also makes the usual float [n, 3, R, R] in [-1, 1]. This method draws no random numbers: the
+        caller owns the order and the flips.
+        """
+        positions = np.asarray(positions, dtype=np.int64)
+        rows = self.indices[positions]  # [n]
+        # page-cached rows: one fancy-index gather (a sorted read, as images_uint8 does, costs a second copy)
+        images = np.asarray(self.images)[rows]  # [n, R, R, 3] (plain ndarray: skips np.memmap's __getitem__)
+        batch = {"image": torch.from_numpy(images), **self._labels(rows, flip)}
+        if flip is not None:
+            batch["flip"] = torch.from_numpy(np.asarray(flip, dtype=bool))  # [n]
+        return batch
 
     def _flip_mask(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor | None:
         return (torch.rand(n, generator=generator) < 0.5) if self.hflip else None
