@@ -19,9 +19,16 @@ the CPU the growth of the resident set (VmHWM after resetting it through /proc/s
 7-strength grid of 8 images per method (encode, walk, decode; untrained models). ``--scaling``: step time and
 memory vs resolution and batch for each method, plotted to docs/scaling.png.
 
-``loader``: images per second delivered as [B, 3, 64, 64] float batches in [-1, 1] by (a) decoding the JPEG
-folder with PIL + torchvision transforms through a DataLoader with 2 workers (the usual CelebA pipeline) and
-(b) the prepared cache (``CelebACache``) through a DataLoader and through ``CelebACache.batches``.
+``loader``: images per second, 64x64, batch 64, hflip on, one thread, by (a) decoding the JPEG folder with PIL +
+torchvision transforms through a DataLoader with 2 workers (the usual CelebA pipeline), (b) the prepared cache
+(``CelebACache``) through a DataLoader and through ``CelebACache.batches`` and (c) what the trainers use,
+``RunContext.batches`` (``common.batches.ResumableBatches``' fast path), handing out uint8 [B, 64, 64, 3] batches
+(the float conversion then happens on the training device) and float [B, 3, 64, 64] in [-1, 1] (conversion on
+this CPU included). The ``delivers`` column says which.
+
+Every trainer's optimiser comes from ``common.run.adam`` and the process calls ``common.run.keep_freed_memory``,
+as ``RunContext`` does, so the training rows measure the trainers' own settings; mode ``default`` is exactly the
+``train:`` flags (precision, channels_last, compile) of the config file behind each size.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -46,6 +54,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from common.cli import UserError, run_main  # noqa: E402
+from common.run import adam, keep_freed_memory  # noqa: E402  (what every trainer uses)
 
 
 def _timed(batches: Iterable[dict | torch.Tensor], min_images: int, min_seconds: float,
@@ -104,9 +113,12 @@ def _loader_root(args: argparse.Namespace, scratch: Path) -> Path:
 
 
 def bench_loader(args: argparse.Namespace) -> dict:
-    """JPEG folder + transforms vs the prepared cache, 64x64, batch 64."""
+    """JPEG folder + transforms vs the prepared cache, 64x64, batch 64; each row says what it delivers."""
+    FLOAT = "float32 [64, 3, 64, 64] in [-1, 1], host"  # noqa: N806
+    UINT8 = "uint8 [64, 64, 64, 3], host (float on the device)"  # noqa: N806
     from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
+    from common.batches import ResumableBatches
     from common.cache import CelebACache, prepare_cache
     from common.celeba import read_celeba
 
@@ -129,7 +141,7 @@ def bench_loader(args: argparse.Namespace) -> dict:
                               persistent_workers=False)
 
         images, seconds = _timed(jpeg_loader(), min(len(names), args.jpeg_images), 0.0, jpeg_loader)
-        results.append(("jpeg folder, PIL + transforms, DataLoader 2 workers", images, seconds))
+        results.append(("jpeg folder, PIL + transforms, DataLoader 2 workers", FLOAT, images, seconds))
 
         dataset = CelebACache(cache_dir, "all", hflip=True)
         dataset.indices = dataset.indices[:len(names)]
@@ -140,25 +152,39 @@ def bench_loader(args: argparse.Namespace) -> dict:
 
         for workers in (0, 2):
             images, seconds = _timed(cache_loader(workers)(), 0, args.seconds, cache_loader(workers))
-            results.append((f"CelebACache, DataLoader {workers} workers (batched __getitems__)", images, seconds))
+            results.append((f"CelebACache, DataLoader {workers} workers (batched __getitems__)", FLOAT, images,
+                            seconds))
 
         def cache_batch_sampler():
             sampler = BatchSampler(RandomSampler(dataset, generator=generator), batch_size, drop_last=False)
             return DataLoader(dataset, sampler=sampler, batch_size=None)
 
         images, seconds = _timed(cache_batch_sampler(), 0, args.seconds, cache_batch_sampler)
-        results.append(("CelebACache, DataLoader + BatchSampler (whole batches, 0 workers)", images, seconds))
+        results.append(("CelebACache, DataLoader + BatchSampler (whole batches, 0 workers)", FLOAT, images,
+                        seconds))
 
         def cache_batches():
             return dataset.batches(batch_size, shuffle=True, generator=generator)
 
         images, seconds = _timed(cache_batches(), 0, args.seconds, cache_batches)
-        results.append(("CelebACache.batches (memmap slices, no DataLoader)", images, seconds))
+        results.append(("CelebACache.batches (memmap slices, no DataLoader)", FLOAT, images, seconds))
+
+        # What the trainers get: RunContext.batches -> ResumableBatches' fast path (shuffled epoch order, hflip,
+        # labels, resumable). uint8=True stops before the float conversion, which the step does on its device.
+        for uint8, channels_last, delivers in ((True, False, UINT8), (False, False, FLOAT),
+                                               (False, True, FLOAT.replace("[-1, 1]", "[-1, 1] channels_last"))):
+            def fast(uint8=uint8, channels_last=channels_last):
+                return ResumableBatches(dataset, batch_size, seed=0, device="cpu", uint8=uint8,
+                                        channels_last=channels_last)
+            images, seconds = _timed(fast(), 0, args.seconds, fast)
+            what = "uint8" if uint8 else ("float, channels_last" if channels_last else "float")
+            results.append((f"ctx.batches (ResumableBatches fast path, {what})", delivers, images, seconds))
         torch.set_num_threads(threads)  # the other benchmarks use every core
 
-    base = results[0][1] / results[0][2]
-    rows = [{"pipeline": name, "images": n, "seconds": round(s, 3), "images_per_second": round(n / s, 1),
-             "speedup_vs_jpeg": round(n / s / base, 1)} for name, n, s in results]
+    base = results[0][2] / results[0][3]
+    rows = [{"pipeline": name, "delivers": delivers, "images": n, "seconds": round(s, 3),
+             "images_per_second": round(n / s, 1), "speedup_vs_jpeg": round(n / s / base, 1)}
+            for name, delivers, n, s in results]
     return {"resolution": resolution, "batch_size": batch_size, "distinct_images": len(names),
             "source": str(root), "hflip": True, "rows": rows}
 
@@ -173,12 +199,34 @@ REFERENCES = {
     "glow": {"reference": "rosinality glow-pytorch", "fp32": 37.8, "bf16": 57.4, "target": 86.0},
     "pggan": {"reference": "pytorch_GAN_zoo PGAN (WGAN-GP iteration)", "fp32": 1.45, "bf16": 3.16, "target": 4.7},
 }
-MODES = {  # name -> (bf16 autocast, channels_last, torch.compile)
-    "fp32": (False, False, False),
-    "bf16": (True, False, False),
-    "channels_last+bf16": (True, True, False),
-    "compile+bf16": (True, False, True),
+
+class Flags(NamedTuple):
+    """How one benchmark row runs the model (the train scripts take the same three from ``train:``)."""
+
+    bf16: bool  # bf16 autocast (train.precision: bf16)
+    channels_last: bool  # train.channels_last
+    compile: bool  # train.compile
+
+
+MODES = {  # name -> Flags; "default" is what the method's config file sets (see _flags)
+    "fp32": Flags(False, False, False),
+    "bf16": Flags(True, False, False),
+    "channels_last+bf16": Flags(True, True, False),
+    "compile+bf16": Flags(True, False, True),
+    "default": None,
 }
+
+
+def _flags(mode: str, train_cfg) -> Flags:
+    """A mode's flags; "default" reads them from the config the train script would use at that size."""
+    if mode != "default":
+        return MODES[mode]
+    return Flags(train_cfg.precision != "fp32", bool(train_cfg.channels_last), bool(train_cfg.compile))
+
+
+def _flags_name(flags: Flags) -> str:
+    parts = [name for name, on in (("compile", flags.compile), ("channels_last", flags.channels_last)) if on]
+    return "+".join(parts + ["bf16" if flags.bf16 else "fp32"])
 
 
 @dataclass
@@ -191,6 +239,7 @@ class TrainSetup:
     batch: int
     params: int
     make_step: Callable[[str], Callable[[], None]]
+    train_cfg: Any = None  # the TrainConfig of the size's config file: what mode "default" runs
 
 
 def _device(args: argparse.Namespace) -> torch.device:
@@ -199,24 +248,31 @@ def _device(args: argparse.Namespace) -> torch.device:
     return resolve_device(getattr(args, "device", "auto"))
 
 
-def _amp(mode: str, device: torch.device):
-    if MODES[mode][0]:
+def _amp(flags: Flags, device: torch.device):
+    if flags.bf16:
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
-def _prepare(module: torch.nn.Module, mode: str, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """(module to call, bare module) on the device, channels_last and/or compiled as the mode says."""
+def _prepare(module: torch.nn.Module, flags: Flags, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(module to call, bare module) on the device, channels_last and/or compiled as RunContext.wrap does it."""
     module = module.to(device)
-    if MODES[mode][1]:
+    if flags.channels_last:
         module = module.to(memory_format=torch.channels_last)
-    return (torch.compile(module) if MODES[mode][2] else module), module
+    return (torch.compile(module) if flags.compile else module), module
 
 
-def _images(batch: int, resolution: int, device: torch.device, mode: str, seed: int = 0) -> torch.Tensor:
+def _images(batch: int, resolution: int, device: torch.device, flags: Flags = MODES["fp32"],
+            seed: int = 0) -> torch.Tensor:
     x = torch.rand(batch, 3, resolution, resolution, generator=torch.Generator().manual_seed(seed)) * 2 - 1
     x = x.to(device)  # [B, 3, R, R] in [-1, 1]
-    return x.contiguous(memory_format=torch.channels_last) if MODES[mode][1] else x
+    return x.contiguous(memory_format=torch.channels_last) if flags.channels_last else x
+
+
+def _check_finite(loss: torch.Tensor) -> None:
+    """The trainers' per-step ``ctx.check_finite`` (one host sync), so the benchmark pays for it too."""
+    if not bool(torch.isfinite(loss.detach()).all()):
+        raise FloatingPointError("benchmark: non-finite loss")
 
 
 def _config(cls, path: str):
@@ -235,8 +291,10 @@ def vae_setup(size: str, device: torch.device, resolution: int | None = None, ba
 
     if size == "reference":  # VanillaVAE: 64x64, latent 128, widths 32..512, batch 64
         res, latent, widths, bs, norm = 64, 128, (32, 64, 128, 256, 512), 64, "batch"
+        train_cfg = _config(VAEConfig, "configs/vae/celeba64.yaml").train
     else:
         cfg = _config(VAEConfig, "configs/vae/synthetic.yaml")
+        train_cfg = cfg.train
         res, latent, widths, bs = cfg.data.resolution, cfg.model.latent_dim, tuple(cfg.model.widths), \
             cfg.train.batch_size
         norm = cfg.model.norm
@@ -246,19 +304,21 @@ def vae_setup(size: str, device: torch.device, resolution: int | None = None, ba
         return ConvVAE(res, latent, widths, norm=norm)
 
     def make_step(mode: str):
-        net, vae = _prepare(build(), mode, device)
-        opt = torch.optim.Adam(vae.parameters(), lr=1e-4, foreach=True)
-        x = _images(bs, res, device, mode)
+        flags = _flags(mode, train_cfg)
+        net, vae = _prepare(build(), flags, device)
+        opt = adam(vae.parameters(), lr=1e-4)
+        x = _images(bs, res, device, flags)
 
         def step():
-            with _amp(mode, device):
+            with _amp(flags, device):
                 out = net(x)
             loss = vae_loss(x, out.x_mean, out.mu, out.logvar, vae.log_sigma, 1.0)["total"]
-            loss.backward()
+            _check_finite(loss)  # ctx.check_finite
+            loss.backward()  # ctx.step: backward, step, zero_grad(set_to_none=True)
             opt.step()
             opt.zero_grad(set_to_none=True)
         return step
-    return TrainSetup("vae", size, res, bs, _count(build()), make_step)
+    return TrainSetup("vae", size, res, bs, _count(build()), make_step, train_cfg)
 
 
 def glow_setup(size: str, device: torch.device, resolution: int | None = None, batch: int | None = None):
@@ -268,8 +328,10 @@ def glow_setup(size: str, device: torch.device, resolution: int | None = None, b
     if size == "reference":  # rosinality: 32x32, K=8, L=3, width 512, affine, LU, learned prior, 5-bit, batch 16
         kw = dict(levels=3, steps=8, hidden_channels=512, coupling="affine", n_bits=5, learn_top=True)
         res, bs = 32, 16
+        train_cfg = _config(GlowConfig, "configs/flow/celeba64.yaml").train
     else:
         cfg = _config(GlowConfig, "configs/flow/synthetic.yaml")
+        train_cfg = cfg.train
         m = cfg.model
         kw = dict(levels=m.levels, steps=m.steps, hidden_channels=m.hidden_channels, coupling=m.coupling,
                   n_bits=m.n_bits, learn_top=m.learn_top)
@@ -280,20 +342,21 @@ def glow_setup(size: str, device: torch.device, resolution: int | None = None, b
         return Glow(resolution=res, **kw)
 
     def make_step(mode: str):
-        net, glow = _prepare(build(), mode, device)
-        opt = torch.optim.Adam(glow.parameters(), lr=1e-4, foreach=True)
-        x = _images(bs, res, device, mode)
+        flags = _flags(mode, train_cfg)
+        net, glow = _prepare(build(), flags, device)
+        opt = adam(glow.parameters(), lr=1e-4)
+        x = _images(bs, res, device, flags)
         gen = torch.Generator().manual_seed(1)
         glow.initialize(glow.preprocess(x, torch.rand(x.shape, generator=gen).to(device)))  # actnorm init
 
         def step():
             y = glow.preprocess(x, torch.rand(x.shape, device=device))  # uniform dequantisation, fp32
-            with _amp(mode, device):
+            with _amp(flags, device):
                 out = net(y)
             loss = bits_per_dim(out["log_p"], glow.num_dims, glow.n_bins).mean()
             apply_if_finite(loss, opt, 50.0)  # what train_glow does: skip non-finite, clip, step, zero_grad
         return step
-    return TrainSetup("glow", size, res, bs, _count(build()), make_step)
+    return TrainSetup("glow", size, res, bs, _count(build()), make_step, train_cfg)
 
 
 def pggan_setup(size: str, device: torch.device, resolution: int | None = None, batch: int | None = None):
@@ -306,40 +369,45 @@ def pggan_setup(size: str, device: torch.device, resolution: int | None = None, 
 
     if size == "reference":  # GAN zoo PGAN fully grown at 32x32: widths 512, latent 512, batch 16
         model_cfg = SimpleNamespace(latent_dim=512, fmap_base=16384, fmap_max=512, fmap_min=1, mbstd_group=4)
-        res, bs, betas = 32, 16, (0.0, 0.99)
+        res, bs, betas, eps = 32, 16, (0.0, 0.99), 1e-8
+        train_cfg = _config(PGGANConfig, "configs/interface_gan/celeba128.yaml").train
     else:
         cfg = _config(PGGANConfig, "configs/interface_gan/synthetic.yaml")
+        train_cfg = cfg.train
         model_cfg, res = cfg.model, cfg.data.resolution
         bs = (list(cfg.pggan.batch_sizes) or [cfg.train.batch_size])[-1]
-        betas = (cfg.pggan.beta1, cfg.pggan.beta2)
+        betas, eps = (cfg.pggan.beta1, cfg.pggan.beta2), cfg.pggan.adam_eps
     res, bs = resolution or res, batch or bs
 
     def make_step(mode: str):
         generator, discriminator = build_networks(model_cfg, res)
         g_ema = copy.deepcopy(generator).to(device).requires_grad_(False)
-        g_net, generator = _prepare(generator, mode, device)
-        d_net, discriminator = _prepare(discriminator, mode, device)
-        opt_g = torch.optim.Adam(generator.parameters(), lr=1e-3, betas=betas, foreach=True)
-        opt_d = torch.optim.Adam(discriminator.parameters(), lr=1e-3, betas=betas, foreach=True)
-        real = _images(bs, res, device, mode)
+        flags = _flags(mode, train_cfg)
+        g_net, generator = _prepare(generator, flags, device)
+        d_net, discriminator = _prepare(discriminator, flags, device)
+        opt_g = adam(generator.parameters(), lr=1e-3, betas=betas, eps=eps)
+        opt_d = adam(discriminator.parameters(), lr=1e-3, betas=betas, eps=eps)
+        real = _images(bs, res, device, flags)
         gen = torch.Generator().manual_seed(2)
 
         def step():
             z_d = sample_latents(bs, model_cfg.latent_dim, gen).to(device)
             z_g = sample_latents(bs, model_cfg.latent_dim, gen).to(device)
-            eps = torch.rand(bs, generator=gen).to(device)
-            with _amp(mode, device):  # critic: E[D(fake)] - E[D(real)] + GP + drift
+            mix = torch.rand(bs, generator=gen).to(device)
+            with _amp(flags, device):  # critic: E[D(fake)] - E[D(real)] + GP + drift
                 with torch.no_grad():
                     fake = g_net(z_d)
                 real_scores, fake_scores = d_net(real), d_net(fake)
                 d_loss = (wasserstein_critic_loss(real_scores, fake_scores)
-                          + gradient_penalty(d_net, real, fake, eps, 10.0) + drift_penalty(real_scores, 0.001))
+                          + gradient_penalty(d_net, real, fake, mix, 10.0) + drift_penalty(real_scores, 0.001))
+            _check_finite(d_loss)
             d_loss.backward()
             opt_d.step()
             opt_d.zero_grad(set_to_none=True)
             discriminator.requires_grad_(False)
-            with _amp(mode, device):  # generator: -E[D(G(z))]
+            with _amp(flags, device):  # generator: -E[D(G(z))]
                 g_loss = generator_loss(d_net(g_net(z_g)))
+            _check_finite(g_loss)
             g_loss.backward()
             opt_g.step()
             opt_g.zero_grad(set_to_none=True)
@@ -348,7 +416,7 @@ def pggan_setup(size: str, device: torch.device, resolution: int | None = None, 
                 torch._foreach_lerp_(list(g_ema.parameters()), list(generator.parameters()), 0.001)
         return step
     g, d = build_networks(model_cfg, res)
-    return TrainSetup("pggan", size, res, bs, _count(g, d), make_step)
+    return TrainSetup("pggan", size, res, bs, _count(g, d), make_step, train_cfg)
 
 
 def predictor_setup(size: str, device: torch.device, resolution: int | None = None, batch: int | None = None):
@@ -357,6 +425,7 @@ def predictor_setup(size: str, device: torch.device, resolution: int | None = No
 
     path = "configs/predictor/celeba64.yaml" if size == "reference" else "configs/predictor/synthetic.yaml"
     cfg = _config(PredictorConfig, path)
+    train_cfg = cfg.train
     res, bs = resolution or cfg.data.resolution, batch or cfg.train.batch_size
     factor_names = [] if size == "reference" else ["smile", "mouth_open", "eye_open", "yaw"]
 
@@ -364,23 +433,25 @@ def predictor_setup(size: str, device: torch.device, resolution: int | None = No
         return build_predictor(cfg.model, res, factor_names)
 
     def make_step(mode: str):
-        net, model = _prepare(build(), mode, device)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=5e-4, foreach=True)
-        x = _images(bs, res, device, mode)
+        flags = _flags(mode, train_cfg)
+        net, model = _prepare(build(), flags, device)
+        opt = adam(model.parameters(), lr=1e-4, weight_decay=5e-4, decoupled=True)
+        x = _images(bs, res, device, flags)
         gen = torch.Generator().manual_seed(3)
         attributes = (torch.rand(bs, 40, generator=gen) < 0.5).float().to(device)
         yaw = torch.randn(bs, generator=gen).to(device)
         factors = torch.randn(bs, len(factor_names), generator=gen).to(device)
 
         def step():
-            with _amp(mode, device):
+            with _amp(flags, device):
                 out = net(x)
             loss = predictor_loss(out, attributes, yaw, factors, model)["total"]
+            _check_finite(loss)
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
         return step
-    return TrainSetup("predictor", size, res, bs, _count(build()), make_step)
+    return TrainSetup("predictor", size, res, bs, _count(build()), make_step, train_cfg)
 
 
 SETUPS = {"vae": vae_setup, "glow": glow_setup, "pggan": pggan_setup, "predictor": predictor_setup}
@@ -424,12 +495,18 @@ def _peak_delta(device: torch.device, baseline: int) -> int:
     return max(0, _rss_kib("VmHWM") * 1024 - baseline)
 
 
-def time_steps(step: Callable[[], None], steps: int, warmup: int, device: torch.device) -> tuple[float, int]:
-    """(median seconds per step after ``warmup`` untimed steps, peak memory delta in bytes over all steps)."""
+def time_steps(step: Callable[[], None], steps: int, warmup: int, device: torch.device
+               ) -> tuple[float, int, float]:
+    """(median seconds per step after ``warmup`` untimed steps, peak memory delta in bytes over all steps,
+    seconds of the first step: with torch.compile that is the compile time)."""
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     gc.collect()
     baseline = _reset_peak(device)
-    for _ in range(warmup):
+    start = time.perf_counter()
+    step()
+    sync()
+    first = time.perf_counter() - start
+    for _ in range(warmup - 1):
         step()
     sync()
     times = []
@@ -438,30 +515,33 @@ def time_steps(step: Callable[[], None], steps: int, warmup: int, device: torch.
         step()
         sync()
         times.append(time.perf_counter() - start)
-    return statistics.median(times), _peak_delta(device, baseline)
+    return statistics.median(times), _peak_delta(device, baseline), first
 
 
 def _train_row(setup: TrainSetup, mode: str, args: argparse.Namespace, device: torch.device) -> dict:
     step = setup.make_step(mode)
-    seconds, peak = time_steps(step, args.steps, args.warmup, device)
+    seconds, peak, first = time_steps(step, args.steps, max(args.warmup, 1), device)
+    if mode == "default":  # name what the config resolves to: this row is what training runs
+        mode = f"default={_flags_name(_flags(mode, setup.train_cfg))}"
     row = {"method": setup.method, "size": setup.size, "res": setup.resolution, "batch": setup.batch,
            "params_M": round(setup.params / 1e6, 2), "mode": mode, "step_ms": round(seconds * 1e3, 1),
-           "img_per_s": round(setup.batch / seconds, 2), "peak_MB": round(peak / 2**20, 1)}
+           "img_per_s": round(setup.batch / seconds, 2), "first_step_s": round(first, 1),
+           "peak_MB": round(peak / 2**20, 1), "load1": round(os.getloadavg()[0], 2)}
     ref = REFERENCES.get(setup.method) if setup.size == "reference" else None
     if ref:
         row.update(ref_fp32=ref["fp32"], ref_bf16=ref["bf16"], target=ref["target"],
                    passed=("pass" if row["img_per_s"] >= ref["target"] else "FAIL") if mode != "fp32" else "-")
     else:
         row.update(ref_fp32="-", ref_bf16="-", target="-", passed="-")
-    print(f"  {setup.method:9s} {setup.size:9s} {mode:18s} {row['img_per_s']:9.2f} img/s  "
-          f"{row['peak_MB']:8.1f} MB", flush=True)
+    print(f"  {setup.method:9s} {setup.size:9s} {mode:34s} {row['img_per_s']:9.2f} img/s  "
+          f"{row['peak_MB']:8.1f} MB  (first step {first:.1f} s, load {row['load1']})", flush=True)
     return row
 
 
 def _train_benchmark(method: str):
     def bench(args: argparse.Namespace) -> dict:
         device = _device(args)
-        modes = [m for m in args.modes if args.compile or not MODES[m][2]]
+        modes = [m for m in args.modes if m == "default" or args.compile or not MODES[m].compile]
         rows = []
         for size in ("reference", "synthetic"):
             setup = SETUPS[method](size, device)
@@ -500,7 +580,7 @@ def bench_edit(args: argparse.Namespace) -> dict:
 
             cfg = _config(GlowConfig, "configs/flow/synthetic.yaml")
             glow = build_model(cfg.model, cfg.data.resolution).to(device)
-            glow.initialize(glow.preprocess(_images(32, cfg.data.resolution, device, "fp32")))
+            glow.initialize(glow.preprocess(_images(32, cfg.data.resolution, device)))
             return glow.eval(), "relative", "exact inverse"
         from interface_gan.config import PGGANConfig
         from interface_gan.inversion import PGGANEditable
@@ -515,7 +595,7 @@ def bench_edit(args: argparse.Namespace) -> dict:
 
     for method in args.edit_methods:
         model, mode, how = editable(method)
-        images = _images(8, model.resolution, device, "fp32")
+        images = _images(8, model.resolution, device)
         vector = np.random.default_rng(0).standard_normal(model.latent_dim)
         direction = Direction(vector=vector / np.linalg.norm(vector), scale=1.0, attribute="Smiling", method="mean")
         with torch.no_grad() if method != "pggan" else contextlib.nullcontext():
@@ -551,7 +631,8 @@ def bench_boundary(args: argparse.Namespace) -> dict:
 
 
 def bench_scaling(args: argparse.Namespace) -> dict:
-    """Step time and peak memory vs resolution (batch fixed) and vs batch (32x32), synthetic architectures, bf16."""
+    """Step time and peak memory vs resolution (batch fixed) and vs batch (32x32), synthetic architectures, in each
+    config's default mode (what training runs)."""
     device = _device(args)
     rows = []
     for method in args.scaling_methods:
@@ -559,14 +640,14 @@ def bench_scaling(args: argparse.Namespace) -> dict:
                  [("batch", 32, b) for b in args.batches]
         for sweep, res, batch in sweeps:
             setup = SETUPS[method]("synthetic", device, resolution=res, batch=batch)
-            seconds, peak = time_steps(setup.make_step("bf16"), args.scaling_steps, 1, device)
+            seconds, peak, _ = time_steps(setup.make_step("default"), args.scaling_steps, 1, device)
             rows.append({"method": method, "sweep": sweep, "res": res, "batch": batch,
                          "step_ms": round(seconds * 1e3, 1), "img_per_s": round(batch / seconds, 2),
-                         "peak_MB": round(peak / 2**20, 1)})
+                         "peak_MB": round(peak / 2**20, 1), "load1": round(os.getloadavg()[0], 2)})
             print(f"  {method:9s} {sweep:10s} {res:4d}px batch {batch:4d}: {seconds * 1e3:9.1f} ms "
                   f"{peak / 2**20:8.1f} MB", flush=True)
     _plot_scaling(rows, Path(args.plot))
-    return {"device": str(device), "mode": "bf16", "loadavg_1min": round(os.getloadavg()[0], 2),
+    return {"device": str(device), "mode": "default", "loadavg_1min": round(os.getloadavg()[0], 2),
             "plot": str(args.plot), "rows": rows}
 
 
@@ -597,8 +678,9 @@ def _plot_scaling(rows: list[dict], path: Path) -> None:
         ax.set_yscale("log")
         ax.grid(True, alpha=0.3)
         ax.legend()
-    fig.suptitle("Training step scaling, synthetic configs, bf16 autocast, "
-                 f"{torch.get_num_threads()} threads (scripts/benchmark.py --scaling)")
+    fig.suptitle("Training step scaling: synthetic architectures, each config's default mode\n(bf16 autocast; "
+                 f"channels_last for vae, glow, pggan), {torch.get_num_threads()} threads, "
+                 "scripts/benchmark.py --scaling")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -654,8 +736,9 @@ def main() -> int:
     parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N")
     parser.add_argument("--steps", type=int, default=10, help="timed training steps per row (median reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed training steps before timing")
-    parser.add_argument("--modes", nargs="+", default=[m for m in MODES if not MODES[m][2]], choices=list(MODES),
-                        help="precision / layout modes of the training benchmarks")
+    parser.add_argument("--modes", nargs="+", default=[m for m in MODES if m == "default" or not MODES[m].compile],
+                        choices=list(MODES), help="precision / layout modes of the training benchmarks; default = "
+                        "what the method's config file sets (train.precision, channels_last, compile)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile on CPU)")
     parser.add_argument("--edit-methods", nargs="+", default=["vae", "glow", "pggan"], choices=["vae", "glow", "pggan"])
     parser.add_argument("--boundary-n", type=int, default=500000, help="boundary: latents (InterFaceGAN: 500k)")
@@ -678,6 +761,7 @@ def main() -> int:
     unknown = [n for n in names if n not in available]
     if unknown:
         raise UserError(f"--only {' '.join(unknown)}: unknown benchmark; choose from {', '.join(available)}")
+    keep_freed_memory()  # as RunContext does for every trainer (no page faults on each step's activations)
     command = "python scripts/benchmark.py " + " ".join(sys.argv[1:])
     results = {}
     for name in names:

@@ -1,0 +1,42 @@
+"""scripts/benchmark.py measures what the trainers run: mode "default" is the config's train flags, every setup's
+step runs, and the scaling figure is written (tiny sizes, a few seconds)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+import benchmark  # noqa: E402
+
+
+@pytest.mark.parametrize("method", ["vae", "glow", "pggan", "predictor"])
+def test_default_mode_is_the_config_and_a_step_runs(method):
+    resolution = {"vae": 16, "glow": 8, "pggan": 8, "predictor": 32}[method]  # the smallest each model takes
+    setup = benchmark.SETUPS[method]("synthetic", torch.device("cpu"), resolution=resolution, batch=4)
+    train = setup.train_cfg
+    flags = benchmark._flags("default", train)
+    assert flags == (train.precision != "fp32", train.channels_last, train.compile)
+    seconds, peak, first = benchmark.time_steps(setup.make_step("default"), steps=1, warmup=1,
+                                                device=torch.device("cpu"))
+    assert seconds > 0 and peak >= 0 and first > 0
+
+
+def test_default_flags_name_what_training_runs():
+    assert benchmark._flags_name(benchmark.Flags(True, True, False)) == "channels_last+bf16"
+    assert benchmark._flags_name(benchmark.Flags(False, False, True)) == "compile+fp32"
+
+
+def test_scaling_plot_is_written(tmp_path):
+    rows = [{"method": m, "sweep": sweep, "res": res, "batch": batch, "step_ms": 10.0 * res / 32 * batch / 16,
+             "img_per_s": 100.0, "peak_MB": 5.0 * batch}
+            for m in ("vae", "glow") for sweep, res, batch in
+            (("resolution", 32, 16), ("resolution", 64, 16), ("batch", 32, 8), ("batch", 32, 16))]
+    path = tmp_path / "scaling.png"
+    benchmark._plot_scaling(rows, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
