@@ -117,9 +117,10 @@ def add_edit_arguments(parser: argparse.ArgumentParser, methods: Sequence[str] =
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of --num samples (default 0), or of a random pick of cache images "
                              "(default: the first ones)")
-    parser.add_argument("--cache-images", type=int, default=DEFAULT_CACHE_IMAGES,
+    parser.add_argument("--cache-images", type=int, default=None,
                         help=f"without --images/--num: edit this many images of --split (default "
-                             f"{DEFAULT_CACHE_IMAGES})")
+                             f"{DEFAULT_CACHE_IMAGES}; for the GAN, giving it edits inverted cache images instead "
+                             "of random samples)")
     parser.add_argument("--split", default="test", choices=["train", "valid", "test", "all"],
                         help="cache split the images come from (default test)")
     parser.add_argument("--cache", default=None, help="prepared cache folder (default: the run's own)")

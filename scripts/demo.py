@@ -64,22 +64,31 @@ def stages(num: int) -> list[Stage]:
         *edit_stages("vae", "scripts/edit_vae.py", "runs/vae/synthetic", "mean"),
         *edit_stages("glow", "scripts/edit_glow.py", "runs/glow/synthetic", "mean"),
         *edit_stages("pggan", "scripts/edit_interface_gan.py", "runs/pggan/synthetic", "boundary"),
+        # the other source for each method: random samples for the encoder models, and for the GAN encoded
+        # (inverted) test images, the slow one: 4 of them, ~9 s each on 2 cores
+        *edit_stages("vae", "scripts/edit_vae.py", "runs/vae/synthetic", "mean", ("--num", "8"), "samples"),
+        *edit_stages("glow", "scripts/edit_glow.py", "runs/glow/synthetic", "mean", ("--num", "8"), "samples"),
+        *edit_stages("pggan", "scripts/edit_interface_gan.py", "runs/pggan/synthetic", "boundary",
+                     ("--cache-images", "4"), "test-images"),
         Stage("evaluate", python("scripts/evaluate.py", "--runs", "runs/vae/synthetic", "runs/glow/synthetic",
                                  "runs/pggan/synthetic", "--judge", "runs/predictor/synthetic-judge", "--num", "64",
                                  "--out", "runs/evaluation"), "runs/evaluation/report.md"),
     ]
 
 
-def edit_stages(name: str, script: str, run: str, method: str) -> list[Stage]:
-    """Smile, smile with the mouth kept, and pose grids for one method (encoded test images by default)."""
-    out = f"{run}/edits"
-    edits = (("Smiling", ()), ("Smiling", ("--keep", "Mouth_Slightly_Open")), ("pose", ()))
+def edit_stages(name: str, script: str, run: str, method: str, source: tuple[str, ...] = (),
+                subdir: str = "") -> list[Stage]:
+    """Grids for one method: with the script's default source (encoded test images; random samples for the GAN),
+    smile, smile with the mouth kept, and pose; with another ``source`` (in ``edits/<subdir>/``) smile and pose."""
+    out = f"{run}/edits" + (f"/{subdir}" if subdir else "")
+    edits = (("Smiling", ()), ("pose", ())) if source else (
+        ("Smiling", ()), ("Smiling", ("--keep", "Mouth_Slightly_Open")), ("pose", ()))
     result = []
     for attribute, keep in edits:
         stem = f"{attribute}{'-keep-' + keep[1] if keep else ''}-{method}"
-        result.append(Stage(f"edit-{name}-{stem}", python(script, "--run", run, "--attribute", attribute, *keep,
-                                                            "--method", method, "--out", out),
-                            f"{out}/{stem}.json"))
+        label = f"edit-{name}-{subdir + '-' if subdir else ''}{stem}"
+        result.append(Stage(label, python(script, "--run", run, "--attribute", attribute, *keep, *source,
+                                          "--method", method, "--out", out), f"{out}/{stem}.json"))
     return result
 
 

@@ -81,8 +81,8 @@ def main() -> int:
     if not (run_dir / "checkpoints").is_dir():
         raise UserError(f"{run_dir}: not a PGGAN run folder (expected {run_dir}/checkpoints/ from "
                         "scripts/train_pggan.py)")
-    if not args.images and args.num is None:
-        args.num = 8  # the classic InterFaceGAN use: random samples
+    if not args.images and args.num is None and args.cache_images is None:
+        args.num = 8  # the classic InterFaceGAN use: random samples; --cache-images N inverts cache images
     if args.seed is None:
         args.seed = 0
 
@@ -113,7 +113,7 @@ def main() -> int:
 
     record = result["record"]
     record["predicted"] = predicted_per_strength(predictor, result["images"], measured)
-    if args.images:
+    if args.num is None:  # photos or cache images: they were inverted
         record["inversion"] = {"psnr": [round(v, 3) for v in model.last_psnr],
                                "mean_psnr": round(float(np.mean(model.last_psnr)), 3),
                                "random_start_psnr": [round(v, 3) for v in model.last_initial_psnr],

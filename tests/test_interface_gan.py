@@ -205,6 +205,11 @@ def test_edit_interface_gan_end_to_end(tmp_path, request, capsys):
     assert code == 0, err[-2000:]
     record = json.loads((out / "pose-pca1.json").read_text())
     assert record["inversion"]["mean_psnr"] > 0 and record["direction"]["metrics"]["name"].startswith("PC1 ~ ")
+    # --cache-images N: N cache test images, inverted (not random samples)
+    code, err = _edit(base + ["--attribute", "Smiling", "--cache-images", "2", "--out", str(out / "cached")], capsys)
+    assert code == 0, err[-2000:]
+    record = json.loads((out / "cached" / "Smiling-boundary.json").read_text())
+    assert len(record["inversion"]["psnr"]) == 2 and record["source"]["kind"] == "cache"
     code, err = _edit(base + ["--attribute", "Smiling", "--method", "pca:0", "--keep", "Male"], capsys)
     assert code == 2 and "error: --keep with --method pca:0" in err
 
