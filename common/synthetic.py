@@ -621,6 +621,26 @@ def _render_chunk(job: tuple[int, int, int, dict[str, np.ndarray], str]) -> tupl
     return start, np.stack(marks), np.stack(boxes)
 
 
+def render_turn(factors: dict, yaws, seed: int, resolution: int) -> np.ndarray:
+    """One face turning its head: rendered at each yaw in ``yaws`` with every other factor and every nuisance held
+    fixed, JPEG-encoded like the data set, then cropped and resized like the prepared cache.
+
+    Returns uint8 [len(yaws), R, R, 3]: the ground truth a pose edit can be compared with (the evaluation checks
+    whether a model's latent line between the two ends of a turn passes through the frames in between).
+    """
+    from common.cache import crop_and_resize  # common.cache does not import this module: no cycle
+
+    frames = []
+    for yaw in yaws:
+        row = {**factors, "yaw": float(yaw)}
+        image, _ = render_face(row, np.random.default_rng([int(seed), _RENDER_STREAM]))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=92)
+        buffer.seek(0)
+        frames.append(crop_and_resize(Image.open(buffer), resolution))
+    return np.stack(frames)
+
+
 def _face_box(f: dict[str, float], landmarks: np.ndarray) -> np.ndarray:
     """x_1, y_1, width, height of the face (forehead to chin, ear to ear) in the aligned image, approximately."""
     half = 45.5 + 5.0 * f["face_width"] + 1.5 * f["male"]

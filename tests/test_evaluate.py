@@ -157,7 +157,18 @@ def test_metrics_json_has_every_method_attribute_and_shape(evaluation):
     if "glow" in methods:  # Glow's inverse is exact: the round trip lands on the n_bits grid exactly
         assert methods["glow"]["reconstruction"]["max_abs_error_on_grid"] == 0
         assert methods["glow"]["targets"]["glow_exact"]["status"] == "pass"
+    for name in ("vae", "glow"):  # the turn check: a rendered head turn vs the latent line between its ends
+        if name not in methods:
+            continue
+        turn = methods[name]["turn"]
+        assert turn["faces"] == 4 and turn["yaw_degrees"] == [-32.0, -21.3, -10.7, 0.0, 10.7, 21.3, 32.0]
+        assert len(turn["psnr_latent_line_db"]) == 7 and len(turn["judge_yaw"]["true"]) == 7
+        fade = turn["psnr_crossfade_db"]
+        assert fade[0] is None and fade[-1] is None  # the cross-fade's ends are the true end frames (inf PSNR)
+        assert 0 < turn["interior_mean_db"]["crossfade"] < 60 and turn["interior_mean_db"]["latent_line"] > 0
+        assert turn["ends_mean_db"] > 0 and turn["interior_mean_db"]["reconstruction"] > 0 and (evaluation["out"] / turn["grid"]).is_file()
     if "pggan" in methods:
+        assert "turn" not in methods["pggan"]  # inverting the turns' ends is opt-in (--turn-gan)
         assert methods["pggan"]["source"]["kind"] == "samples"
         assert methods["pggan"]["reconstruction"]["n"] == 2
         assert methods["pggan"]["reconstruction"]["steps"] == 3 and methods["pggan"]["reconstruction"]["starts"] == 2

@@ -94,6 +94,16 @@ def test_factors_change_their_own_region():
     assert _region_change({"bangs": 0}, {"bangs": 1}, forehead) > 15
 
 
+def test_render_turn_holds_the_face_and_turns_the_head():
+    frames = synthetic.render_turn({"smile": 0.5, "male": 1.0}, [-0.8, -0.4, 0.0, 0.4, 0.8], seed=3, resolution=32)
+    assert frames.shape == (5, 32, 32, 3) and frames.dtype == np.uint8
+    again = synthetic.render_turn({"smile": 0.5, "male": 1.0}, [0.0], seed=3, resolution=32)
+    assert np.array_equal(again[0], frames[2])  # each frame depends only on its own yaw: the nuisances are held
+    # the further the head turns, the further the frame moves from the first one
+    distance = [np.abs(f.astype(int) - frames[0].astype(int)).mean() for f in frames]
+    assert distance[0] == 0 and all(b > a for a, b in zip(distance, distance[1:], strict=False))
+
+
 def test_render_face_rejects_unknown_factor():
     with pytest.raises(UserError, match="unknown factor 'smiel'.*'smile'"):
         render_face({"smiel": 1.0}, np.random.default_rng(0))
