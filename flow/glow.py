@@ -31,6 +31,7 @@ from flow.layers import (
     ZeroConv2d,
     amp_state,
     autocast_off,
+    folded_actnorm_invconv,
     gaussian_log_prob,
     split_mean_log_std,
     squeeze2d,
@@ -171,24 +172,39 @@ class Glow(nn.Module):
 
     # -- the flow -----------------------------------------------------------------------------------------------
 
-    def _run_step(self, step: FlowStep, z: torch.Tensor, amp) -> tuple[torch.Tensor, torch.Tensor]:
+    def _run_step(self, step: FlowStep, z: torch.Tensor, amp, *affine) -> tuple[torch.Tensor, torch.Tensor]:
+        fn = step.forward_folded if affine else step
         if self.checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(step, z, amp, use_reentrant=False)
-        return step(z, amp)
+            return checkpoint(fn, z, *affine, amp, use_reentrant=False)
+        return fn(z, *affine, amp)
 
-    def _forward_flow(self, y: torch.Tensor, amp=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """y [B, C, H, W] -> (standardised latents [B, D], flow logdet [B], prior log-density [B])."""
+    def _forward_flow(self, y: torch.Tensor, amp=None, fold: bool = False):
+        """y [B, C, H, W] -> (standardised latents [B, D], flow logdet [B], prior log-density [B]).
+
+        ``fold`` (the training forward only) applies each level's actnorm + 1x1 conv pairs as affine maps
+        assembled in batched ops (flow.layers.folded_actnorm_invconv): the same function up to fp32 rounding
+        order, with far fewer small ops. encode / log_prob / initialize keep the step-by-step layers.
+        """
         batch = y.shape[0]
         z = y
         logdet = y.new_zeros(batch)
         prior_logp = y.new_zeros(batch)
         eps = []
         last = len(self.flows) - 1
+        fold = fold and all(bool(step.actnorm.initialized) for steps in self.flows for step in steps)
         for level, steps in enumerate(self.flows):
             z = squeeze2d(z)
-            for step in steps:
-                z, ld = self._run_step(step, z, amp)
-                logdet = logdet + ld
+            if fold:
+                weights, biases, log_det_pixel = folded_actnorm_invconv([s.actnorm for s in steps],
+                                                                        [s.invconv for s in steps])
+                logdet = logdet + z.shape[2] * z.shape[3] * log_det_pixel
+                for step, weight, bias in zip(steps, weights.unbind(0), biases.unbind(0), strict=True):
+                    z, ld = self._run_step(step, z, amp, weight, bias)
+                    logdet = logdet + ld
+            else:
+                for step in steps:
+                    z, ld = self._run_step(step, z, amp)
+                    logdet = logdet + ld
             if level < last:
                 z, z_out = z.chunk(2, dim=1)  # keep [B, C/2, H, W], factor out [B, C/2, H, W]
                 mean, log_std = split_mean_log_std(self.priors[level](z))
@@ -228,7 +244,7 @@ class Glow(nn.Module):
         amp = amp_state(y.device.type)
         with autocast_off(y.device.type):
             y = y.float() if y.dtype in (torch.float16, torch.bfloat16) else y
-            _, logdet, prior = self._forward_flow(y, amp)
+            _, logdet, prior = self._forward_flow(y, amp, fold=self.training and torch.is_grad_enabled())
         return {"log_p": prior + logdet, "logdet": logdet, "prior": prior}
 
     # -- public API ---------------------------------------------------------------------------------------------
