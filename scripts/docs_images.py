@@ -26,9 +26,7 @@ IMAGES = {
     "score_vs_strength.png": "runs/evaluation/images/score_vs_strength.png",
     "vae_samples_smile.png": "runs/vae/synthetic/edits/samples/Smiling-mean.png",
     "pggan_test_images_smile.png": "runs/pggan/synthetic/edits/test-images/Smiling-boundary.png",
-    "pggan_test_images_pose.png": "runs/pggan/synthetic/edits/test-images/pose-boundary.png",
     "vae_turn.png": "runs/evaluation/images/vae-turn.png",
-    "glow_turn.png": "runs/evaluation/images/glow-turn.png",
     # not part of the demo (it inverts 8 frames): python scripts/evaluate.py --runs runs/pggan/synthetic
     # --attributes pose --num 8 --invert 0 --fd-images 50 --turn-gan --out runs/evaluation-gan-turn
     "pggan_turn.png": "runs/evaluation-gan-turn/images/pggan-turn.png",
