@@ -103,6 +103,7 @@ MODELLED = (
 NOT_MODELLED = tuple(name for name in CELEBA_ATTRIBUTES if name not in MODELLED)
 LABEL_NOISE = 0.03
 _FACTOR_STREAM, _RENDER_STREAM, _LABEL_STREAM = 0, 1, 2
+JPEG_QUALITY = 92  # the written images (and render_turn's frames, which must look like them)
 
 
 # ----------------------------------------------------------------------------------------------- sampling
@@ -614,7 +615,7 @@ def _render_chunk(job: tuple[int, int, int, dict[str, np.ndarray], str]) -> tupl
         row = {name: float(values[i - start]) for name, values in factors.items()}
         image, landmarks = render_face(row, np.random.default_rng([seed, i, _RENDER_STREAM]))
         buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=92)
+        image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
         _atomic_write_bytes(Path(image_dir) / f"{i + 1:06d}.jpg", buffer.getvalue())
         marks.append(landmarks)
         boxes.append(_face_box(row, landmarks))
@@ -635,7 +636,7 @@ def render_turn(factors: dict, yaws, seed: int, resolution: int) -> np.ndarray:
         row = {**factors, "yaw": float(yaw)}
         image, _ = render_face(row, np.random.default_rng([int(seed), _RENDER_STREAM]))
         buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=92)
+        image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
         buffer.seek(0)
         frames.append(crop_and_resize(Image.open(buffer), resolution))
     return np.stack(frames)

@@ -148,33 +148,47 @@ def conv_relu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         return _ConvReLU.apply(x.to(dtype), conv.weight.to(dtype), conv.bias.to(dtype), conv.padding[0])
 
 
+def lu_weights(invconvs) -> tuple[torch.Tensor, torch.Tensor]:
+    """W = P L (U + diag(sign(s) exp(log|s|))) of K ``InvConv1x1LU`` layers in batched ops: (W [K, C, C], log|s| [K, C]).
+
+    The masks and identity are the same constants in every layer, so the first layer's buffers serve all.
+    """
+    first = invconvs[0]
+    log_s = torch.stack([m.log_s for m in invconvs])  # [K, C]
+    lower = torch.stack([m.lower for m in invconvs]) * first.lower_mask + first.eye  # [K, C, C]
+    diag = torch.diag_embed(torch.stack([m.sign_s for m in invconvs]) * torch.exp(log_s))  # [K, C, C]
+    upper = torch.stack([m.upper for m in invconvs]) * first.lower_mask.T + diag  # [K, C, C]
+    return torch.stack([m.perm for m in invconvs]) @ lower @ upper, log_s
+
+
 def folded_actnorm_invconv(actnorms, invconvs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The K actnorm -> LU 1x1 conv pairs of one level as K affine maps y = W' x + b', assembled in batched ops.
 
     W (x + bias) * exp(log_scale) = W' x + b' with W' = W diag(exp(log_scale)) and b' = W' bias, so each pair
-    becomes one matmul; W = P L U is built for all K steps at once (two bmm) instead of step by step (the ~20
-    small ops per pair, forward and backward, were fixed cost on the CPU). Returns W' [K, C, C], b' [K, C] and
+    becomes one matmul; W = P L U is built for all K steps at once (``lu_weights``) instead of step by step (the
+    ~20 small ops per pair, forward and backward, were fixed cost on the CPU). Returns W' [K, C, C], b' [K, C] and
     the pairs' summed log |det| per pixel (a scalar): sum of log_scale + sum of log|s| over the K steps.
-    The masks and identity are the same constants in every step, so the first step's buffers serve all.
     """
-    first = invconvs[0]
-    lower = torch.stack([m.lower for m in invconvs]) * first.lower_mask + first.eye  # [K, C, C]
-    log_s = torch.stack([m.log_s for m in invconvs])  # [K, C]
-    diag = torch.diag_embed(torch.stack([m.sign_s for m in invconvs]) * torch.exp(log_s))  # [K, C, C]
-    upper = torch.stack([m.upper for m in invconvs]) * first.lower_mask.T + diag  # [K, C, C]
-    weight = torch.stack([m.perm for m in invconvs]) @ lower @ upper  # [K, C, C], as InvConv1x1LU.weight()
+    weight, log_s = lu_weights(invconvs)  # [K, C, C], [K, C]
     log_scale = torch.cat([a.log_scale.view(1, -1) for a in actnorms])  # [K, C]
     weight = weight * torch.exp(log_scale).unsqueeze(1)  # W diag(exp(log_scale))
     bias = (weight @ torch.cat([a.bias.view(-1, 1, 1) for a in actnorms]).view(len(actnorms), -1, 1)).squeeze(2)
     return weight, bias, log_scale.sum() + log_s.sum()
 
 
-def affine_channels(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """y[b, :, i, j] = weight @ x[b, :, i, j] + bias as one batched matmul-add.  # [B, C, H, W]"""
+def affine_channels(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y[b, :, i, j] = weight @ x[b, :, i, j] (+ bias): a 1x1 convolution as one matrix multiply(-add). [B, C, H, W]
+
+    A 12-48 channel 1x1 convolution is almost all fixed cost in oneDNN (~0.25 ms forward + backward on the CPU,
+    24 per Glow step); a matmul on the same memory is ~10x cheaper and sums the same products. NHWC stays NHWC.
+    """
     b, c, h, w = x.shape
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+    if _nhwc(x) and not x.is_contiguous():
         return torch.nn.functional.linear(x.permute(0, 2, 3, 1), weight, bias).permute(0, 3, 1, 2)  # NHWC
-    return torch.baddbmm(bias.view(1, c, 1), weight.expand(b, c, c), x.reshape(b, c, h * w)).view(b, c, h, w)
+    flat = x.reshape(b, c, h * w)  # [B, C, HW]
+    if bias is None:
+        return torch.matmul(weight, flat).view(b, -1, h, w)
+    return torch.baddbmm(bias.view(1, -1, 1), weight.expand(b, -1, -1), flat).view(b, -1, h, w)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -241,29 +255,15 @@ class InvConv1x1LU(nn.Module):
         self.log_s = nn.Parameter(torch.log(torch.abs(s)))
 
     def weight(self) -> torch.Tensor:
-        lower = self.lower * self.lower_mask + self.eye  # [C, C]
-        upper = self.upper * self.lower_mask.T + torch.diag(self.sign_s * torch.exp(self.log_s))  # [C, C]
-        return self.perm @ lower @ upper
-
-    @staticmethod
-    def mix_channels(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """The 1x1 convolution y[b, :, i, j] = w @ x[b, :, i, j] as one matrix multiply.  # [B, C, H, W]
-
-        A 12-48 channel 1x1 convolution is almost all fixed cost in oneDNN (~0.25 ms forward + backward on the
-        CPU, 24 per Glow step); a matmul on the same memory is ~10x cheaper and sums the same products.
-        """
-        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-            return torch.matmul(x.permute(0, 2, 3, 1), w.t()).permute(0, 3, 1, 2)  # NHWC in and out
-        b, c, h, width = x.shape
-        return torch.matmul(w, x.reshape(b, c, h * width)).view(b, c, h, width)
+        return lu_weights([self])[0][0]  # [C, C]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        y = self.mix_channels(x, self.weight())
+        y = affine_channels(x, self.weight())
         logdet = x.shape[2] * x.shape[3] * self.log_s.sum()
         return y, logdet.expand(x.shape[0])
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        return self.mix_channels(y, torch.linalg.inv(self.weight()))
+        return affine_channels(y, torch.linalg.inv(self.weight()))
 
 
 class ZeroConv2d(nn.Module):

@@ -271,7 +271,8 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return unit * ((1 - t) * na[:, None] + t * nb[:, None])
 
 
-def turn_check(name: str, model, walk_mode: str, judge, resolution: int, args, out: Path) -> dict:
+def turn_check(name: str, model, walk_mode: str, judge, resolution: int, args, out: Path,
+               encode_every_frame: bool) -> dict:
     """Ground truth for pose edits: can this model's latent space turn a head at all?
 
     ``--turn-faces`` synthetic faces are rendered turning from -32 to +32 degrees (everything else fixed). Both
@@ -280,6 +281,8 @@ def turn_check(name: str, model, walk_mode: str, judge, resolution: int, args, o
     of the two ends (what a double exposure scores) and with the model's own reconstruction of the true frame
     (the best the decoder can do). A latent space in which pose is linear scores near the reconstruction; one
     in which the line cross-fades scores near the cross-fade, and then no linear pose direction can turn a head.
+    ``encode_every_frame`` False (a GAN: each encoding is a slow inversion) encodes only the two ends and skips
+    the reconstruction column.
     """
     from common.cache import uint8_to_model
     from common.grids import edit_grid
@@ -291,15 +294,20 @@ def turn_check(name: str, model, walk_mode: str, judge, resolution: int, args, o
     true = torch.stack([uint8_to_model(render_turn({k: float(v[i]) for k, v in factors.items()}, yaws,
                                                    TURN_SEED + i, resolution)) for i in range(n)])  # [n, S, 3, R, R]
     flat = true.flatten(0, 1)
-    ends = encode_all(model, torch.cat([true[:, 0], true[:, -1]]), bs)  # [2n, D]
+    if encode_every_frame:
+        latents = encode_all(model, flat, bs).reshape(n, frames, -1)  # [n, S, D]
+        first, last = latents[:, 0], latents[:, -1]
+        recon = decode_all(model, latents.flatten(0, 1), bs)
+    else:
+        ends = encode_all(model, torch.cat([true[:, 0], true[:, -1]]), bs)  # [2n, D]
+        first, last, recon = ends[:n], ends[n:], None
     t = torch.linspace(0, 1, frames)
     if walk_mode == "sphere":
-        line = slerp(ends[:n], ends[n:], t)
+        line = slerp(first, last, t)
     else:
-        line = (1 - t.view(1, -1, 1)) * ends[:n, None] + t.view(1, -1, 1) * ends[n:, None]
+        line = (1 - t.view(1, -1, 1)) * first[:, None] + t.view(1, -1, 1) * last[:, None]
     decoded = decode_all(model, line.flatten(0, 1), bs)  # [n*S, 3, R, R]
     crossfade = ((1 - t.view(1, -1, 1, 1, 1)) * true[:, :1] + t.view(1, -1, 1, 1, 1) * true[:, -1:]).flatten(0, 1)
-    recon = decode_all(model, encode_all(model, flat, bs), bs) if walk_mode != "sphere" else None
 
     def per_frame(images) -> np.ndarray:  # mean PSNR over faces of each frame (inf when identical)
         return M.psnr(images, flat).reshape(n, frames).mean(0)
@@ -311,7 +319,7 @@ def turn_check(name: str, model, walk_mode: str, judge, resolution: int, args, o
               "interior_mean_db": {"latent_line": float(line_db[interior].mean()),
                                    "crossfade": float(fade_db[interior].mean())},
               "ends_mean_db": float(line_db[[0, -1]].mean())}
-    if recon is not None:  # a GAN's inversion of every frame would take minutes: only the ends are inverted
+    if recon is not None:
         recon_db = per_frame(recon)
         result["psnr_reconstruction_db"] = recon_db
         result["interior_mean_db"]["reconstruction"] = float(recon_db[interior].mean())
@@ -373,7 +381,8 @@ def evaluate_method(name: str, model, find_direction, info: dict, judge, args, s
     result["reconstruction"], result["source"] = recon, source
     synthetic = (Path(info["cache"]) / "factors.npy").exists()
     if args.turn_faces > 0 and synthetic and (method != "pggan" or args.turn_gan):
-        result["turn"] = turn_check(name, model, walk_mode, judge, decoded.shape[-1], args, out)
+        result["turn"] = turn_check(name, model, walk_mode, judge, decoded.shape[-1], args, out,
+                                    encode_every_frame=method != "pggan")
     unedited = judge_images(judge, decoded, bs)  # the a = 0 column of every walk
 
     plots: dict = {}
