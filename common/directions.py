@@ -55,6 +55,10 @@ class Direction:
     method: str = ""
     keep: list = field(default_factory=list)  # names of the attributes projected out
     metrics: dict = field(default_factory=dict)
+    # A non-linear edit that replaces the straight walk (common.latent_flow.ConditionalLatentFlow, method cflow):
+    # anything with walk(z [B, D], strengths [S]) -> [B, S, D]. ``vector`` then stays the linear direction, used
+    # when this attribute is a --keep condition of another edit.
+    transport: object | None = None
 
     @property
     def dim(self) -> int:
@@ -311,6 +315,10 @@ def project_out(direction, conditions, keep_names=None):
     (``keep_names`` or their ``attribute`` fields) and whose metrics gain ``cosine_to_unconditioned``; the
     scale and offset are kept (same latent distance per unit of strength).
     """
+    if isinstance(direction, Direction) and direction.transport is not None:
+        raise DirectionError(f"--keep: the {direction.method or 'non-linear'} edit of {direction.attribute or 'this'}"
+                             " attribute is a latent flow, not a vector, so nothing can be projected out of it; "
+                             "use --method mean or boundary with --keep")
     d = _vector_of(direction)  # [D]
     if isinstance(conditions, Direction) or (not isinstance(conditions, (list, tuple))
                                              and as_array(conditions).ndim == 1):
@@ -481,14 +489,21 @@ WALKS = {"relative": walk_relative, "absolute": walk_absolute, "sphere": walk_sp
 
 
 def walk(z, direction: Direction, strengths, mode: str = "relative"):
-    """Dispatch to ``walk_<mode>``; mode is relative, absolute or sphere."""
+    """Dispatch to ``walk_<mode>``; mode is relative, absolute or sphere. A direction with a ``transport``
+    (a non-linear edit) walks with it whatever the mode."""
     if mode not in WALKS:
         raise DirectionError(f"walk: expected one of {', '.join(WALKS)}, got {mode!r}")
+    if direction.transport is not None:
+        zz, a, _ = _walk_inputs(z, direction, strengths)
+        return _like(direction.transport.walk(zz, a), z)
     return WALKS[mode](z, direction, strengths)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Files: <stem>.npz holds the vector, <stem>.json the rest (readable, diffable)
+
+
+TRANSPORT_PREFIX = "transport."
 
 
 def _paths(path) -> tuple[Path, Path]:
@@ -531,10 +546,14 @@ def save_direction(direction: Direction, path) -> tuple[Path, Path]:
     """
     npz_path, json_path = _paths(path)
     vector = np.asarray(direction.vector, dtype=np.float64)
-    _atomic_write(npz_path, lambda f: np.savez(f, vector=vector))
+    arrays = {"vector": vector}
     meta = {"attribute": direction.attribute, "method": direction.method, "keep": list(direction.keep),
             "scale": float(direction.scale), "offset": float(direction.offset), "dim": int(vector.shape[0]),
             "metrics": _json_safe(direction.metrics), "vector_file": npz_path.name}
+    if direction.transport is not None:  # a latent flow: its weights beside the vector, its shape in the JSON
+        arrays.update({TRANSPORT_PREFIX + k: v for k, v in direction.transport.arrays().items()})
+        meta["transport"] = direction.transport.config()
+    _atomic_write(npz_path, lambda f: np.savez(f, **arrays))
     text = json.dumps(meta, indent=2) + "\n"
     _atomic_write(json_path, lambda f: f.write(text.encode()))
     return npz_path, json_path
@@ -549,6 +568,8 @@ def load_direction(path) -> Direction:
     try:
         with np.load(npz_path) as data:
             vector = np.asarray(data["vector"], dtype=np.float64)
+            transport_arrays = {k[len(TRANSPORT_PREFIX):]: np.asarray(data[k]) for k in data.files
+                                if k.startswith(TRANSPORT_PREFIX)}
     except (KeyError, ValueError, OSError) as exc:
         raise DirectionError(f"{npz_path}: expected an .npz with a 'vector' array ({exc})") from None
     try:
@@ -557,6 +578,14 @@ def load_direction(path) -> Direction:
         raise DirectionError(f"{json_path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
     if vector.ndim != 1 or vector.shape[0] != meta.get("dim", vector.shape[0]):
         raise DirectionError(f"{npz_path}: expected a vector of {meta.get('dim')} values, got {vector.shape}")
+    transport = None
+    if "transport" in meta:
+        from common.latent_flow import ConditionalLatentFlow  # torch, only for directions that need it
+
+        if not transport_arrays:
+            raise DirectionError(f"{npz_path}: {json_path.name} names a latent flow but the .npz has no "
+                                 f"'{TRANSPORT_PREFIX}*' arrays; delete both files to find the direction again")
+        transport = ConditionalLatentFlow.from_arrays(meta["transport"], transport_arrays, where=str(npz_path))
     return Direction(vector=vector, scale=float(meta.get("scale", 1.0)), offset=float(meta.get("offset", 0.0)),
                      attribute=meta.get("attribute", ""), method=meta.get("method", ""),
-                     keep=list(meta.get("keep", [])), metrics=dict(meta.get("metrics", {})))
+                     keep=list(meta.get("keep", [])), metrics=dict(meta.get("metrics", {})), transport=transport)

@@ -45,6 +45,7 @@ from common.grids import edit_gif, edit_grid
 DEFAULT_CACHE_IMAGES = 8  # faces edited when neither --images nor --num is given
 DEFAULT_MAX_TRAIN_IMAGES = 20000  # encoded training images for a direction: plenty for a mean or a boundary
 POSE_BOUNDARY_RATIO = 0.3  # pose boundary: keep the top and bottom 30% of yaw
+ENCODER_METHODS = ("mean", "boundary", "cflow")  # cflow: pose only, a conditional flow on the latents
 WALKS = ("relative", "absolute", "sphere")
 
 FindDirection = Callable[[str, str], Direction]
@@ -208,8 +209,12 @@ def encoder_direction(model: EditableModel, cache, attribute: str, method: str, 
     """
     attribute = resolve_attribute(attribute)
     name = method.partition(":")[0]
-    if name not in ("mean", "boundary"):
-        raise DirectionError(f"--method {method!r}: models with an encoder find directions with mean or boundary")
+    if name not in ENCODER_METHODS:
+        raise DirectionError(f"--method {method!r}: models with an encoder find directions with "
+                             f"{', '.join(ENCODER_METHODS)}")
+    if name == "cflow" and attribute != POSE:
+        raise DirectionError(f"--method cflow edits the continuous pose score; for {attribute} use mean or "
+                             "boundary")
     attributes, yaw, _ = cache.labels()
     count = len(yaw)
     if count == 0:
@@ -220,6 +225,8 @@ def encoder_direction(model: EditableModel, cache, attribute: str, method: str, 
     latents = _encode_positions(model, cache, positions, batch_size, progress).double().numpy()  # [n, D]
     if attribute == POSE:
         score = np.asarray(yaw, dtype=np.float64)[positions]  # [n]
+        if name == "cflow":
+            return pose_latent_flow(model, cache, positions, latents, score, batch_size, progress, seed, method)
         if name == "mean":  # the continuous mean difference: latent change per standard deviation of yaw
             direction = regression_direction(latents, score)
         else:
@@ -242,6 +249,42 @@ def encoder_direction(model: EditableModel, cache, attribute: str, method: str, 
 
 # ----------------------------------------------------------------------------------------------------------
 # Faces to edit
+
+
+def pose_latent_flow(model: EditableModel, cache, positions: np.ndarray, latents: np.ndarray, yaw: np.ndarray,
+                     batch_size: int, progress: bool, seed: int, method: str = "cflow") -> Direction:
+    """The ``cflow`` pose edit: a conditional flow p(z | yaw) fitted on the latents (common.latent_flow).
+
+    The mirror images are encoded too, with the yaw negated (a mirrored face turns the other way), which
+    doubles the data and makes the flow symmetric in yaw. The returned Direction's vector is the linear
+    regression direction (what a --keep pose condition projects out); its ``transport`` does the edit.
+    """
+    from common.latent_flow import fit_latent_flow
+
+    mirrored = _encode_positions(model, _Mirrored(cache), positions, batch_size, progress).double().numpy()
+    both, scores = np.concatenate([latents, mirrored]), np.concatenate([yaw, -yaw])
+    flow, fit = fit_latent_flow(both, scores, seed=seed, progress=progress)
+    direction = regression_direction(both, scores)
+    direction.transport = flow
+    direction.attribute, direction.method = POSE, method
+    direction.metrics.update(n_images=int(len(positions)), latent_flow=fit, mirrored=True,
+                             strength_unit="one training standard deviation of yaw")
+    return direction
+
+
+class _Mirrored(torch.utils.data.Dataset):
+    """A cache split whose images are flipped left to right."""
+
+    def __init__(self, cache):
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def __getitem__(self, index: int) -> dict:
+        item = dict(self.cache[index])
+        item["image"] = item["image"].flip(-1)
+        return item
 
 
 def run_cache_dir(run_dir, model=None, override: str | None = None) -> Path:
@@ -443,6 +486,9 @@ def run_edit(model: EditableModel, run_dir, args, find_direction: FindDirection,
                         "delete it to find the direction again")
     direction = unconditioned
     if keep:
+        if unconditioned.transport is not None:  # a non-linear edit has no vector to project
+            raise UserError(f"--keep {','.join(keep)}: --method {method} edits {attribute} with a latent flow, which "
+                            "cannot hold other attributes fixed by projection; use --method mean or boundary")
         conditions = [get_direction(run_dir, name, method, find_direction) for name in keep]
         direction = project_out(unconditioned, conditions, keep_names=keep)
 

@@ -17,7 +17,7 @@ IMAGES = {
     "synthetic_samples.png": "runs/demo/synthetic_samples.png",
     "vae_smile.png": "runs/vae/synthetic/edits/Smiling-mean.png",
     "vae_smile_keep_mouth.png": "runs/vae/synthetic/edits/Smiling-keep-Mouth_Slightly_Open-mean.png",
-    "vae_pose.png": "runs/vae/synthetic/edits/pose-mean.png",
+    "vae_pose.png": "runs/vae/synthetic/edits/pose-cflow.png",
     "glow_smile.png": "runs/glow/synthetic/edits/Smiling-mean.png",
     "glow_smile_keep_mouth.png": "runs/glow/synthetic/edits/Smiling-keep-Mouth_Slightly_Open-mean.png",
     "glow_pose.png": "runs/glow/synthetic/edits/pose-mean.png",

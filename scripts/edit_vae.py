@@ -1,11 +1,12 @@
 """Edit faces with a trained VAE: walk the posterior means along an attribute direction and decode.
 
     python scripts/edit_vae.py --run runs/vae/synthetic --attribute Smiling --keep Mouth_Slightly_Open \\
-        [--method mean|boundary] [--images a.jpg b.png | --num 8 --seed 0] [--range -3 3 --steps 7] [--out DIR]
+        [--method mean|boundary|cflow] [--images a.jpg b.png | --num 8 --seed 0] [--range -3 3 --steps 7] [--out DIR]
 
 Images are encoded to their posterior means (user photos are cropped like CelebA first), moved along the
 direction found on the run's training split (mean difference or linear boundary of the encoded latents; ``pose``
-uses the yaw score), optionally made orthogonal to the ``--keep`` attributes' directions, and decoded. Writes
+uses the yaw score; ``--method cflow``, pose only, edits with a conditional flow on the latents instead of a
+straight line, see common/latent_flow.py), optionally made orthogonal to the ``--keep`` attributes' directions, and decoded. Writes
 ``<out>/<attribute>[-keep-...]-<method>.png``, ``.gif`` and ``.json`` (default out: RUN/edits/).
 """
 
@@ -33,7 +34,7 @@ from vae.model import load_model_from_run  # noqa: E402
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_edit_arguments(parser, methods=("mean", "boundary"))
+    add_edit_arguments(parser, methods=("mean", "boundary", "cflow"))
     args = parser.parse_args()
     # cheap checks first, so that a typo fails before the model is loaded
     resolve_attribute(args.attribute)

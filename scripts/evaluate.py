@@ -272,7 +272,7 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 def turn_check(name: str, model, walk_mode: str, judge, resolution: int, args, out: Path,
-               encode_every_frame: bool) -> dict:
+               encode_every_frame: bool, pose_edits: dict | None = None) -> dict:
     """Ground truth for pose edits: can this model's latent space turn a head at all?
 
     ``--turn-faces`` synthetic faces are rendered turning from -32 to +32 degrees (everything else fixed). Both
@@ -282,9 +282,12 @@ def turn_check(name: str, model, walk_mode: str, judge, resolution: int, args, o
     (the best the decoder can do). A latent space in which pose is linear scores near the reconstruction; one
     in which the line cross-fades scores near the cross-fade, and then no linear pose direction can turn a head.
     ``encode_every_frame`` False (a GAN: each encoding is a slow inversion) encodes only the two ends and skips
-    the reconstruction column.
+    the reconstruction column. ``pose_edits`` ({method: Direction}) adds the edits themselves: each pose
+    edit starts from the encoded frontal frame and is walked to the strength of every true frame's yaw (the
+    judge's yaw of that frame over the direction's ``score_std``), then compared with the true frames as above.
     """
     from common.cache import uint8_to_model
+    from common.directions import walk
     from common.grids import edit_grid
     from common.synthetic import render_turn, sample_factors
 
@@ -326,13 +329,33 @@ def turn_check(name: str, model, walk_mode: str, judge, resolution: int, args, o
     yaw_true = judge_images(judge, flat, bs)[1][:, -1].reshape(n, frames).mean(0)
     yaw_line = judge_images(judge, decoded, bs)[1][:, -1].reshape(n, frames).mean(0)
     result["judge_yaw"] = {"true": yaw_true, "latent_line": yaw_line}
+    shown = [("true turn", true), ("latent line", decoded), ("cross-fade", crossfade)]
+    if pose_edits and encode_every_frame:
+        centre = frames // 2
+        frontal = latents[:, centre]  # [n, D]
+        result["pose_edits"] = {"from_frame_degrees": float(yaws[centre] * 40.0), "methods": {}}
+        same = decode_all(model, frontal, bs).repeat_interleave(frames, 0)  # no edit at all, for scale
+        result["pose_edits"]["no_edit_db"] = per_frame(same)
+        others = [i for i in range(frames) if i != centre]
+        for pose_method, direction in pose_edits.items():
+            std = float(direction.metrics.get("score_std", 1.0))
+            strengths = (yaw_true - yaw_true[centre]) / std  # [S] the true frames' yaw in strength units
+            edited = decode_all(model, walk(frontal, direction, strengths, walk_mode).float().flatten(0, 1), bs)
+            db = per_frame(edited)
+            result["pose_edits"]["methods"][pose_method] = {
+                "strengths": strengths, "psnr_db": db, "mean_db_other_frames": float(db[others].mean()),
+                "judge_yaw": judge_images(judge, edited, bs)[1][:, -1].reshape(n, frames).mean(0)}
+            shown.append((f"{pose_method} edit", edited))
+        result["pose_edits"]["no_edit_mean_db_other_frames"] = float(result["pose_edits"]["no_edit_db"][others].mean())
+        if recon is not None:
+            result["pose_edits"]["reconstruction_mean_db_other_frames"] = float(per_frame(recon)[others].mean())
     rows = min(2, n)
     grid = out / "images" / f"{name}-turn.png"
-    images = torch.stack([true[:rows], decoded.reshape(n, frames, *flat.shape[1:])[:rows],
-                          crossfade.reshape(n, frames, *flat.shape[1:])[:rows]], 1).flatten(0, 1)
-    labels = [f"{label} {i + 1}" for i in range(rows) for label in ("true turn", "latent line", "cross-fade")]
-    edit_grid(images, yaws * 40.0, grid, title=f"{name}: a true head turn (columns: yaw in degrees), the latent "
-              "line between its encoded ends, and the pixel cross-fade of the ends", row_labels=labels)
+    images = torch.stack([im.reshape(n, frames, *flat.shape[1:])[:rows] for _, im in shown], 1).flatten(0, 1)
+    labels = [f"{label} {i + 1}" for i in range(rows) for label, _ in shown]
+    edit_grid(images, yaws * 40.0, grid, title=f"{name}: a true head turn (yaw in degrees), the latent line between "
+              "its ends, their cross-fade" + (", pose edits of the frontal frame" if "pose_edits" in result else ""),
+              row_labels=labels)
     result["grid"] = str(grid.relative_to(out))
     return result
 
@@ -381,25 +404,29 @@ def evaluate_method(name: str, model, find_direction, info: dict, judge, args, s
     result["reconstruction"], result["source"] = recon, source
     synthetic = (Path(info["cache"]) / "factors.npy").exists()
     if args.turn_faces > 0 and synthetic and (method != "pggan" or args.turn_gan):
+        pose_methods = list(dict.fromkeys([dmethod, info.get("pose_method", dmethod)]))
+        pose_edits = None if method == "pggan" else {
+            m: get_direction(run_dir, "pose", m, find_direction) for m in pose_methods}
         result["turn"] = turn_check(name, model, walk_mode, judge, decoded.shape[-1], args, out,
-                                    encode_every_frame=method != "pggan")
+                                    encode_every_frame=method != "pggan", pose_edits=pose_edits)
     unedited = judge_images(judge, decoded, bs)  # the a = 0 column of every walk
 
     plots: dict = {}
     factor_names = list(getattr(judge, "factor_names", []))
     for attribute in args.attributes:
-        direction = get_direction(run_dir, attribute, dmethod, find_direction)
+        amethod = info.get("pose_method", dmethod) if attribute == "pose" else dmethod
+        direction = get_direction(run_dir, attribute, amethod, find_direction)
         if direction.dim != base.shape[1]:
-            raise UserError(f"{direction_path(run_dir, attribute, dmethod)}.npz: a {direction.dim}-d direction "
+            raise UserError(f"{direction_path(run_dir, attribute, amethod)}.npz: a {direction.dim}-d direction "
                             f"for a {base.shape[1]}-d model; delete it to find the direction again")
         images, scores, feats, factors = run_walk(model, base, direction, strengths, walk_mode, judge, bs,
                                                   unedited)
         entry = walk_metrics(scores, images, feats, strengths, attribute, factor_names, factors)
-        entry["direction"] = {"method": dmethod, "scale": direction.scale, "walk": walk_mode,
+        entry["direction"] = {"method": amethod, "scale": direction.scale, "walk": walk_mode,
                               "metrics": direction.metrics}
         rows = min(args.grid_rows, len(images))
         grid = out / "images" / f"{name}-{attribute}.png"
-        edit_grid(images[:rows], strengths, grid, title=f"{name}: {attribute} ({dmethod}, {walk_mode})",
+        edit_grid(images[:rows], strengths, grid, title=f"{name}: {attribute} ({amethod}, {walk_mode})",
                   marked_column=M.zero_column(strengths), input_images=None if inputs is None else inputs[:rows])
         entry["grid"] = str(grid.relative_to(out))
         plots[attribute] = entry["score_per_strength"]
@@ -590,7 +617,19 @@ def other_findings(name: str, result: dict) -> list[str]:
 
 
 def turn_finding(name: str, turn: dict) -> str:
-    """One sentence on the turn check: does the latent line between a turn's ends follow the turn?"""
+    """The turn check in words: does the latent line follow the turn, and how close do the pose edits come?"""
+    text = _line_finding(name, turn)
+    pe = turn.get("pose_edits")
+    if pe:
+        parts = [f"{m} {e['mean_db_other_frames']:.1f} dB" for m, e in pe["methods"].items()]
+        text += (f" Pose edits of the frontal frame against the true frames: {', '.join(parts)} (no edit "
+                 f"{pe['no_edit_mean_db_other_frames']:.1f} dB, reconstruction "
+                 f"{fmt(pe.get('reconstruction_mean_db_other_frames'), '.1f')} dB).")
+    return text
+
+
+def _line_finding(name: str, turn: dict) -> str:
+    """One sentence on the latent line between a turn's ends: a turn or a cross-fade?"""
     mean = turn["interior_mean_db"]
     line, fade, recon, ends = mean["latent_line"], mean["crossfade"], mean.get("reconstruction"), turn["ends_mean_db"]
     text = (f"{name}: between the encoded ends of a true head turn (ends reconstructed at {ends:.1f} dB), the latent "
@@ -602,7 +641,7 @@ def turn_finding(name: str, turn: dict) -> str:
     if line - fade < 1.5:
         return text + (": the line is a double exposure, not a turn. Pose is not linear in this latent space, and a "
                        "linear pose direction cannot be expected to turn heads either; the judge still reads the yaw "
-                       "moving across it (a cross-fade's features shift), which is why the pose walk passes as monotone.")
+                       "moving across it (a cross-fade's features shift), which is why a linear pose walk can pass as monotone.")
     if recon is not None and recon - line < 2:
         return text + ": the line follows the turn."
     return text + ": the line is partly a turn, partly a cross-fade."
@@ -784,6 +823,21 @@ def write_report(report: dict, plots: list[str], strengths: np.ndarray, out: Pat
                          f"{fmt(mean.get('reconstruction'), '.1f')} | "
                          + ", ".join(f"{v:+.2f}" for v in tr["judge_yaw"]["latent_line"]) + " | "
                          + ", ".join(f"{v:+.2f}" for v in tr["judge_yaw"]["true"]) + " |")
+        edits = [n for n in turns if "pose_edits" in methods[n]["turn"]]
+        if edits:
+            lines += ["", "The pose edits themselves, from the encoded frontal frame of the same turns: each walked to "
+                      "the strength of every true frame's yaw and compared with the true frames (mean PSNR over the "
+                      "frames other than the frontal one). No edit at all (the frontal reconstruction for every "
+                      "frame) is the floor; the reconstruction of the true frames is the ceiling.", "",
+                      "| method | pose edit | PSNR vs the true frames (dB) | no edit (dB) | reconstruction (dB) | "
+                      "judge yaw along the edit |", "|---|---|---|---|---|---|"]
+            for n in edits:
+                pe = methods[n]["turn"]["pose_edits"]
+                for m, e in pe["methods"].items():
+                    lines.append(f"| {n} | {m} | {e['mean_db_other_frames']:.1f} | "
+                                 f"{pe['no_edit_mean_db_other_frames']:.1f} | "
+                                 f"{fmt(pe.get('reconstruction_mean_db_other_frames'), '.1f')} | "
+                                 + ", ".join(f"{v:+.2f}" for v in e["judge_yaw"]) + " |")
         lines += [""] + [f"![{n} turn]({methods[n]['turn']['grid']})" for n in turns]
     factor_names = [f for f in ("smile", "yaw") if f in report["judge"]["factor_names"]]
     if factor_names:

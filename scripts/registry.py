@@ -30,6 +30,10 @@ METHODS = ("vae", "glow", "pggan")
 TRAINING = {"vae": ("scripts/train_vae.py", "configs/vae", "mean"),
             "glow": ("scripts/train_glow.py", "configs/flow", "mean"),
             "pggan": ("scripts/train_pggan.py", "configs/interface_gan", "boundary")}
+# The pose edit the evaluation and the demo use, where it differs from the method's default: the VAE's poses lie
+# on curved paths, so its straight pose direction cross-fades and a conditional flow on the latents turns heads
+# (common/latent_flow.py; the turn check in scripts/evaluate.py measures both).
+POSE_METHODS = {"vae": "cflow"}
 DEFAULT_PREDICTOR = "runs/predictor/synthetic"
 DEFAULT_GLOW_TEMPERATURE = 0.7  # as scripts/edit_glow.py: T = 1 samples of a small Glow are mostly noise
 
@@ -119,7 +123,8 @@ def load_method(run_dir, device="cpu", predictor_run=None, cache: str | None = N
     run_dir = Path(run_dir)
     method = read_run_method(run_dir)
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
-    info = {"method": method, "run_dir": str(run_dir), "direction_method": TRAINING[method][2]}
+    info = {"method": method, "run_dir": str(run_dir), "direction_method": TRAINING[method][2],
+            "pose_method": POSE_METHODS.get(method, TRAINING[method][2])}
 
     if method == "vae":
         from vae.model import load_model_from_run

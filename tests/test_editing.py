@@ -142,8 +142,10 @@ def test_encoder_direction_caps_images_and_rejects_other_methods(world):
     capped = encoder_direction(model, train, "Male", "mean", progress=False, max_images=500, seed=3)
     assert capped.metrics["n_images"] == 500
     assert float(capped.vector @ directions["Male"]) > 0.95
-    with pytest.raises(UserError, match="mean or boundary"):
+    with pytest.raises(UserError, match="mean, boundary, cflow"):
         encoder_direction(model, train, "Male", "pca:1", progress=False)
+    with pytest.raises(UserError, match="cflow edits the continuous pose score; for Male use mean or boundary"):
+        encoder_direction(model, train, "Male", "cflow", progress=False)
     with pytest.raises(UserError, match="Bald: all 2000 training images have the label 0"):
         encoder_direction(model, train, "Bald", "mean", progress=False)
 

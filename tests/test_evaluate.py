@@ -167,6 +167,14 @@ def test_metrics_json_has_every_method_attribute_and_shape(evaluation):
         assert fade[0] is None and fade[-1] is None  # the cross-fade's ends are the true end frames (inf PSNR)
         assert 0 < turn["interior_mean_db"]["crossfade"] < 60 and turn["interior_mean_db"]["latent_line"] > 0
         assert turn["ends_mean_db"] > 0 and turn["interior_mean_db"]["reconstruction"] > 0 and (evaluation["out"] / turn["grid"]).is_file()
+        edits = turn["pose_edits"]  # the pose edits of the frontal frame, against the same true frames
+        expected = ["mean", "cflow"] if name == "vae" else ["mean"]
+        assert list(edits["methods"]) == expected and edits["from_frame_degrees"] == 0.0
+        for edit in edits["methods"].values():
+            assert len(edit["psnr_db"]) == 7 and edit["strengths"][3] == 0.0 and edit["mean_db_other_frames"] > 0
+        assert edits["no_edit_mean_db_other_frames"] > 0 and edits["reconstruction_mean_db_other_frames"] > 0
+    if "vae" in methods:
+        assert methods["vae"]["attributes"]["pose"]["direction"]["method"] == "cflow"
     if "pggan" in methods:
         assert "turn" not in methods["pggan"]  # inverting the turns' ends is opt-in (--turn-gan)
         assert methods["pggan"]["source"]["kind"] == "samples"

@@ -250,6 +250,25 @@ def test_edit_vae_end_to_end_and_errors(tiny_run, tmp_path, monkeypatch, capsys)
     assert code == 2 and "no_run" in err
 
 
+def test_edit_vae_pose_with_the_latent_flow(tiny_run, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "edits"
+    code, err = run_edit_main(monkeypatch, capsys, "--run", str(tiny_run), "--attribute", "pose", "--method",
+                              "cflow", "--num", "2", "--steps", "3", "--out", str(out))
+    assert code == 0, err
+    record = json.loads((out / "pose-cflow.json").read_text())
+    assert record["method"] == "cflow" and record["strengths"] == [-3.0, 0.0, 3.0]
+    assert record["direction"]["metrics"]["latent_flow"]["n_train"] > 0
+    saved = json.loads((tiny_run / "directions" / "pose-cflow.json").read_text())
+    assert saved["transport"]["dim"] == 8  # the flow's weights are in pose-cflow.npz, reused next time
+    assert (out / "pose-cflow.png").is_file() and (out / "pose-cflow.gif").is_file()
+    code, err = run_edit_main(monkeypatch, capsys, "--run", str(tiny_run), "--attribute", "pose", "--method",
+                              "cflow", "--keep", "Smiling", "--num", "2", "--out", str(out))
+    assert code == 2 and "--keep" in err and err.strip().count("\n") == 0
+    code, err = run_edit_main(monkeypatch, capsys, "--run", str(tiny_run), "--attribute", "Smiling", "--method",
+                              "cflow", "--num", "2", "--out", str(out))
+    assert code == 2 and "pose" in err and err.strip().count("\n") == 0
+
+
 def test_train_refuses_bad_architecture_before_creating_a_run(tiny_cache, tmp_path, monkeypatch, capsys):
     out = tmp_path / "bad"
     code, _ = run_main_in_process(monkeypatch, "train_vae.py", "--config", "configs/vae/synthetic.yaml", "--out",

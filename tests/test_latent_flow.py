@@ -1,0 +1,115 @@
+"""The conditional latent flow (common/latent_flow.py) and its place in the direction files and walks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from common.directions import Direction, DirectionError, load_direction, project_out, save_direction, walk
+from common.latent_flow import ConditionalLatentFlow, LatentFlowError, fit_latent_flow
+
+
+def perturbed_flow(dim: int = 6, seed: int = 0) -> ConditionalLatentFlow:
+    """A float64 flow whose couplings are far from the identity (random last layers)."""
+    torch.manual_seed(seed)
+    flow = ConditionalLatentFlow(dim, cond_dim=1, blocks=4, hidden=16, seed=seed).double()
+    for coupling in flow.couplings:
+        torch.nn.init.normal_(coupling.net[-1].weight, std=0.3)
+    return flow.eval()
+
+
+def test_untrained_flow_is_the_identity_and_couplings_invert():
+    z, c = torch.randn(5, 6, dtype=torch.float64), torch.randn(5, 1, dtype=torch.float64)
+    identity = ConditionalLatentFlow(6, blocks=3, hidden=8).double()
+    assert torch.allclose(identity.transport(z, c, c + 3), z, atol=1e-12)
+    flow = perturbed_flow()
+    u, _ = flow.to_base(z, c)
+    assert not torch.allclose(u, z, atol=1e-2)  # really non-linear
+    assert torch.allclose(flow.from_base(u, c), z, atol=1e-10)
+    moved = flow.transport(z, c, c + 1)
+    assert torch.allclose(flow.transport(moved, c + 1, c), z, atol=1e-10)
+
+
+def test_log_prob_matches_the_brute_force_jacobian():
+    flow = perturbed_flow(dim=4)
+    z, c = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 1, dtype=torch.float64)
+    for i in range(3):
+        ci = c[i:i + 1]
+        jac = torch.autograd.functional.jacobian(lambda v, ci=ci: flow.to_base(v[None], ci)[0][0], z[i])  # [4, 4]
+        u = flow.to_base(z[i:i + 1], c[i:i + 1])[0][0]
+        expected = -0.5 * (u ** 2).sum() - 2 * np.log(2 * np.pi) + torch.linalg.slogdet(jac)[1]
+        assert float(flow.log_prob(z[i:i + 1], c[i:i + 1])[0].detach()) == pytest.approx(float(expected), abs=1e-9)
+
+
+def curved_world(n: int, seed: int):
+    """Latents whose 'pose' y moves each point along an arc of its own radius (a curve, not a line)."""
+    rng = np.random.default_rng(seed)
+    y = rng.uniform(-1, 1, n)
+    radius = rng.uniform(1.0, 2.0, n)
+    rest = rng.normal(0, 0.3, (n, 3))
+
+    def latents(yy, r, other):
+        angle = 1.3 * yy  # +-75 degrees of arc
+        return np.column_stack([r * np.cos(angle), r * np.sin(angle), other])
+
+    return latents, y, radius, rest
+
+
+def test_fitted_flow_follows_a_curved_attribute_where_a_straight_walk_cannot():
+    latents, y, radius, rest = curved_world(4000, seed=0)
+    flow, metrics = fit_latent_flow(latents(y, radius, rest), y, blocks=6, hidden=64, epochs=40, seed=0)
+    assert metrics["val_nll_per_dim"] < metrics["train_nll_per_dim"] + 0.2 and metrics["best_epoch"] >= 1
+    # new points, moved from y0 to y1: the flow's transport against the truth and against a straight line
+    _, y0, r, other = curved_world(300, seed=1)
+    y1 = np.clip(y0 + 0.6, -1, 1)
+    start, truth = latents(y0, r, other), latents(y1, r, other)
+    moved = flow.transport(torch.as_tensor(start), torch.as_tensor(y0), torch.as_tensor(y1)).numpy()
+    z_all = latents(y, radius, rest)
+    slope = np.linalg.lstsq(np.column_stack([y, np.ones_like(y)]), z_all, rcond=None)[0][0]  # [D] per unit of y
+    straight = start + (y1 - y0)[:, None] * slope[None]
+    flow_error = np.linalg.norm(moved - truth, axis=1).mean()
+    line_error = np.linalg.norm(straight - truth, axis=1).mean()
+    assert flow_error < 0.5 * line_error, (flow_error, line_error)
+    assert metrics["readout_r2"][0] > 0.8
+
+
+def test_walk_is_exact_at_zero_and_saturates_outside_the_training_range():
+    latents, y, radius, rest = curved_world(600, seed=2)
+    flow, _ = fit_latent_flow(latents(y, radius, rest), y, blocks=2, hidden=16, epochs=3, seed=0)
+    z = latents(y[:4], radius[:4], rest[:4])
+    out = flow.walk(z, np.array([-50.0, -1.0, 0.0, 1.0, 50.0]))
+    assert isinstance(out, np.ndarray) and out.shape == (4, 5, 5)
+    assert np.array_equal(out[:, 2], z)
+    again = flow.walk(z, np.array([-80.0, 80.0]))
+    assert np.allclose(again[:, 0], out[:, 0]) and np.allclose(again[:, 1], out[:, 4])  # clipped targets
+    assert float(flow.c_high[0]) <= 1.0 and float(flow.c_low[0]) >= -1.0
+    as_torch = flow.walk(torch.as_tensor(z, dtype=torch.float32), [0.0, 1.0])
+    assert as_torch.dtype == torch.float32 and torch.equal(as_torch[:, 0], torch.as_tensor(z, dtype=torch.float32))
+
+
+def test_direction_files_keep_the_flow_and_walk_uses_it(tmp_path):
+    latents, y, radius, rest = curved_world(400, seed=3)
+    flow, metrics = fit_latent_flow(latents(y, radius, rest), y, blocks=2, hidden=16, epochs=2, seed=0)
+    direction = Direction(vector=np.eye(5)[1], scale=0.7, attribute="pose", method="cflow", transport=flow,
+                          metrics={"latent_flow": metrics})
+    save_direction(direction, tmp_path / "pose-cflow")
+    loaded = load_direction(tmp_path / "pose-cflow")
+    z = latents(y[:3], radius[:3], rest[:3])
+    strengths = np.array([-1.0, 0.0, 2.0])
+    assert np.allclose(walk(z, loaded, strengths), flow.walk(z, strengths), atol=1e-6)
+    assert not np.allclose(walk(z, loaded, strengths), z[:, None] + 0.7 * strengths[None, :, None] * np.eye(5)[1])
+    with pytest.raises(DirectionError, match="latent flow, not a vector"):
+        project_out(loaded, [Direction(vector=np.eye(5)[0])])
+    np.savez(tmp_path / "pose-cflow.npz", vector=np.eye(5)[1])  # the weights lost, the JSON still names them
+    with pytest.raises(DirectionError, match="no 'transport.\\*' arrays"):
+        load_direction(tmp_path / "pose-cflow")
+
+
+def test_fit_rejects_bad_input():
+    with pytest.raises(LatentFlowError, match="at least 20"):
+        fit_latent_flow(np.zeros((5, 4)), np.zeros(5))
+    with pytest.raises(LatentFlowError, match="one condition row per latent"):
+        fit_latent_flow(np.zeros((30, 4)), np.zeros(20))
+    with pytest.raises(LatentFlowError, match=r"latents \[B, 4\]"):
+        ConditionalLatentFlow(4).to_base(torch.zeros(2, 3), torch.zeros(2, 1))
