@@ -271,6 +271,21 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return unit * ((1 - t) * na[:, None] + t * nb[:, None])
 
 
+def path_shape(latents: torch.Tensor) -> dict:
+    """How curved each face's encoded turn is: latents [n, S, D] (the S frames of n turns) -> means over faces.
+
+    ``pc_shares``: the fraction of the path's variance on its first three principal components (a straight path
+    puts everything on the first). ``chord``: the distance between the end frames. ``middle_offset``: the
+    distance of the middle frame from the chord's midpoint (0 on a straight, evenly travelled path).
+    """
+    x = latents.double()
+    sv = torch.linalg.svdvals(x - x.mean(1, keepdim=True))  # [n, min(S, D)]
+    shares = (sv ** 2 / (sv ** 2).sum(1, keepdim=True)).mean(0)
+    middle = x[:, x.shape[1] // 2] - 0.5 * (x[:, 0] + x[:, -1])
+    return {"pc_shares": shares[:3].numpy(), "chord": float((x[:, -1] - x[:, 0]).norm(dim=1).mean()),
+            "middle_offset": float(middle.norm(dim=1).mean())}
+
+
 def turn_check(name: str, model, walk_mode: str, judge, resolution: int, args, out: Path,
                encode_every_frame: bool, pose_edits: dict | None = None) -> dict:
     """Ground truth for pose edits: can this model's latent space turn a head at all?
@@ -282,7 +297,8 @@ def turn_check(name: str, model, walk_mode: str, judge, resolution: int, args, o
     (the best the decoder can do). A latent space in which pose is linear scores near the reconstruction; one
     in which the line cross-fades scores near the cross-fade, and then no linear pose direction can turn a head.
     ``encode_every_frame`` False (a GAN: each encoding is a slow inversion) encodes only the two ends and skips
-    the reconstruction column. ``pose_edits`` ({method: Direction}) adds the edits themselves: each pose
+    the reconstruction column. With every frame encoded, ``path`` says how curved the encoded turns are
+    (``path_shape``). ``pose_edits`` ({method: Direction}) adds the edits themselves: each pose
     edit starts from the encoded frontal frame and is walked to the strength of every true frame's yaw (the
     judge's yaw of that frame over the direction's ``score_std``), then compared with the true frames as above.
     """
@@ -326,6 +342,7 @@ def turn_check(name: str, model, walk_mode: str, judge, resolution: int, args, o
         recon_db = per_frame(recon)
         result["psnr_reconstruction_db"] = recon_db
         result["interior_mean_db"]["reconstruction"] = float(recon_db[interior].mean())
+        result["path"] = path_shape(latents)
     yaw_true = judge_images(judge, flat, bs)[1][:, -1].reshape(n, frames).mean(0)
     yaw_line = judge_images(judge, decoded, bs)[1][:, -1].reshape(n, frames).mean(0)
     result["judge_yaw"] = {"true": yaw_true, "latent_line": yaw_line}
@@ -823,6 +840,17 @@ def write_report(report: dict, plots: list[str], strengths: np.ndarray, out: Pat
                          f"{fmt(mean.get('reconstruction'), '.1f')} | "
                          + ", ".join(f"{v:+.2f}" for v in tr["judge_yaw"]["latent_line"]) + " | "
                          + ", ".join(f"{v:+.2f}" for v in tr["judge_yaw"]["true"]) + " |")
+        paths = [n for n in turns if "path" in methods[n]["turn"]]
+        if paths:
+            lines += ["", "How curved the encoded turns are: the share of each face's path variance on its first "
+                      "three principal components (a straight path has all of it on the first), and how far the "
+                      "middle (frontal) frame lies from the midpoint of the chord between the end frames.", "",
+                      "| method | variance on PC 1 / 2 / 3 | chord | middle frame off the chord's midpoint |",
+                      "|---|---|---|---|"]
+            for n in paths:
+                pa = methods[n]["turn"]["path"]
+                lines.append(f"| {n} | " + " / ".join(f"{v:.0%}" for v in pa["pc_shares"])
+                             + f" | {pa['chord']:.1f} | {pa['middle_offset']:.1f} |")
         edits = [n for n in turns if "pose_edits" in methods[n]["turn"]]
         if edits:
             lines += ["", "The pose edits themselves, from the encoded frontal frame of the same turns: each walked to "

@@ -167,6 +167,9 @@ def test_metrics_json_has_every_method_attribute_and_shape(evaluation):
         assert fade[0] is None and fade[-1] is None  # the cross-fade's ends are the true end frames (inf PSNR)
         assert 0 < turn["interior_mean_db"]["crossfade"] < 60 and turn["interior_mean_db"]["latent_line"] > 0
         assert turn["ends_mean_db"] > 0 and turn["interior_mean_db"]["reconstruction"] > 0 and (evaluation["out"] / turn["grid"]).is_file()
+        shares = turn["path"]["pc_shares"]  # how curved the encoded turn is
+        assert len(shares) == 3 and shares[0] >= shares[1] >= shares[2] >= 0 and sum(shares) <= 1 + 1e-6
+        assert turn["path"]["chord"] > 0 and turn["path"]["middle_offset"] >= 0
         edits = turn["pose_edits"]  # the pose edits of the frontal frame, against the same true frames
         expected = ["mean", "cflow"] if name == "vae" else ["mean"]
         assert list(edits["methods"]) == expected and edits["from_frame_degrees"] == 0.0
@@ -224,3 +227,21 @@ def test_evaluate_without_any_run_is_a_one_line_error(tmp_path, evaluation):
     assert code == 2 and lines[-1].startswith("error: no run to evaluate") and "none: run folder not found" in lines[-1]
     code, err = run_script("evaluate.py", "--judge", str(tmp_path / "nojudge"))
     assert code == 2 and "judge predictor run not found" in err
+
+
+def test_path_shape_tells_a_straight_path_from_a_curved_one():
+    import torch
+
+    spec = importlib.util.spec_from_file_location("_eval_test_path_shape", REPO / "scripts" / "evaluate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    t = torch.linspace(0, 1, 7)
+    straight = (t[:, None] * torch.tensor([3.0, 4.0, 0.0]))[None]  # [1, 7, 3], evenly travelled
+    shape = module.path_shape(straight)
+    assert np.allclose(shape["pc_shares"], [1, 0, 0], atol=1e-9)
+    assert shape["chord"] == pytest.approx(5.0) and shape["middle_offset"] == pytest.approx(0.0, abs=1e-9)
+    angle = torch.pi * t  # a half circle of radius 2: chord 4, middle frame 2 off the chord's midpoint
+    arc = torch.stack([2 * torch.cos(angle), 2 * torch.sin(angle), torch.zeros(7)], 1)[None]
+    shape = module.path_shape(arc)
+    assert shape["chord"] == pytest.approx(4.0) and shape["middle_offset"] == pytest.approx(2.0)
+    assert 0.15 < shape["pc_shares"][1] < shape["pc_shares"][0] and shape["pc_shares"][2] == pytest.approx(0, abs=1e-9)
