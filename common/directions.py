@@ -305,6 +305,14 @@ def benchmark_linear_boundary(n: int = 500000, d: int = 512, ratio: float = 0.02
 # Conditional editing
 
 
+def require_vector(direction: Direction) -> None:
+    """Raise DirectionError when ``direction`` edits with a latent flow: --keep needs a vector to project."""
+    if direction.transport is not None:
+        raise DirectionError(f"--keep: the {direction.method or 'non-linear'} edit of {direction.attribute or 'this'}"
+                             " attribute is a latent flow, not a vector, so nothing can be projected out of it; "
+                             "use --method mean or boundary with --keep")
+
+
 def project_out(direction, conditions, keep_names=None):
     """Project ``direction`` onto the orthogonal complement of span(conditions) and renormalise.
 
@@ -315,10 +323,8 @@ def project_out(direction, conditions, keep_names=None):
     (``keep_names`` or their ``attribute`` fields) and whose metrics gain ``cosine_to_unconditioned``; the
     scale and offset are kept (same latent distance per unit of strength).
     """
-    if isinstance(direction, Direction) and direction.transport is not None:
-        raise DirectionError(f"--keep: the {direction.method or 'non-linear'} edit of {direction.attribute or 'this'}"
-                             " attribute is a latent flow, not a vector, so nothing can be projected out of it; "
-                             "use --method mean or boundary with --keep")
+    if isinstance(direction, Direction):
+        require_vector(direction)
     d = _vector_of(direction)  # [D]
     if isinstance(conditions, Direction) or (not isinstance(conditions, (list, tuple))
                                              and as_array(conditions).ndim == 1):

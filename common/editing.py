@@ -37,6 +37,7 @@ from common.directions import (
     mean_difference,
     project_out,
     regression_direction,
+    require_vector,
     save_direction,
     walk,
 )
@@ -183,8 +184,9 @@ def get_direction(run_dir, attribute: str, method: str, find_direction: FindDire
 
 
 def _encode_positions(model: EditableModel, cache, positions: np.ndarray, batch_size: int,
-                      progress: bool) -> torch.Tensor:
-    """Encode the images at ``positions`` of a cache split -> latents [n, D] float32 on the CPU."""
+                      progress: bool, mirror: bool = False) -> torch.Tensor:
+    """Encode the images at ``positions`` of a cache split (flipped left to right when ``mirror``) -> latents
+    [n, D] float32 on the CPU."""
     from tqdm import tqdm
 
     subset = torch.utils.data.Subset(cache, positions.tolist())
@@ -192,7 +194,8 @@ def _encode_positions(model: EditableModel, cache, positions: np.ndarray, batch_
     latents = []
     with torch.no_grad():
         for batch in tqdm(loader, desc="encoding", unit="batch", disable=not progress, leave=False):
-            latents.append(model.encode(batch["image"]).detach().float().cpu().reshape(len(batch["image"]), -1))
+            images = batch["image"].flip(-1) if mirror else batch["image"]
+            latents.append(model.encode(images).detach().float().cpu().reshape(len(batch["image"]), -1))
     return torch.cat(latents)
 
 
@@ -261,7 +264,7 @@ def pose_latent_flow(model: EditableModel, cache, positions: np.ndarray, latents
     """
     from common.latent_flow import fit_latent_flow
 
-    mirrored = _encode_positions(model, _Mirrored(cache), positions, batch_size, progress).double().numpy()
+    mirrored = _encode_positions(model, cache, positions, batch_size, progress, mirror=True).double().numpy()
     both, scores = np.concatenate([latents, mirrored]), np.concatenate([yaw, -yaw])
     flow, fit = fit_latent_flow(both, scores, seed=seed, progress=progress)
     direction = regression_direction(both, scores)
@@ -270,21 +273,6 @@ def pose_latent_flow(model: EditableModel, cache, positions: np.ndarray, latents
     direction.metrics.update(n_images=int(len(positions)), latent_flow=fit, mirrored=True,
                              strength_unit="one training standard deviation of yaw")
     return direction
-
-
-class _Mirrored(torch.utils.data.Dataset):
-    """A cache split whose images are flipped left to right."""
-
-    def __init__(self, cache):
-        self.cache = cache
-
-    def __len__(self) -> int:
-        return len(self.cache)
-
-    def __getitem__(self, index: int) -> dict:
-        item = dict(self.cache[index])
-        item["image"] = item["image"].flip(-1)
-        return item
 
 
 def run_cache_dir(run_dir, model=None, override: str | None = None) -> Path:
@@ -486,9 +474,7 @@ def run_edit(model: EditableModel, run_dir, args, find_direction: FindDirection,
                         "delete it to find the direction again")
     direction = unconditioned
     if keep:
-        if unconditioned.transport is not None:  # a non-linear edit has no vector to project
-            raise UserError(f"--keep {','.join(keep)}: --method {method} edits {attribute} with a latent flow, which "
-                            "cannot hold other attributes fixed by projection; use --method mean or boundary")
+        require_vector(unconditioned)  # before the conditions: they may not exist for this method
         conditions = [get_direction(run_dir, name, method, find_direction) for name in keep]
         direction = project_out(unconditioned, conditions, keep_names=keep)
 

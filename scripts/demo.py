@@ -20,6 +20,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from registry import POSE_METHODS  # noqa: E402  (scripts/registry.py: light imports only)
+
 from common.cli import UserError, run_main  # noqa: E402
 
 DATA_ROOT = "data/synthetic"
@@ -61,13 +63,12 @@ def stages(num: int) -> list[Stage]:
         train_stage("vae", "scripts/train_vae.py", "configs/vae/synthetic.yaml", "runs/vae/synthetic"),
         train_stage("glow", "scripts/train_glow.py", "configs/flow/synthetic.yaml", "runs/glow/synthetic"),
         train_stage("pggan", "scripts/train_pggan.py", "configs/interface_gan/synthetic.yaml", "runs/pggan/synthetic"),
-        *edit_stages("vae", "scripts/edit_vae.py", "runs/vae/synthetic", "mean", pose_method="cflow"),
+        *edit_stages("vae", "scripts/edit_vae.py", "runs/vae/synthetic", "mean"),
         *edit_stages("glow", "scripts/edit_glow.py", "runs/glow/synthetic", "mean"),
         *edit_stages("pggan", "scripts/edit_interface_gan.py", "runs/pggan/synthetic", "boundary"),
         # the other source for each method: random samples for the encoder models, and for the GAN encoded
         # (inverted) test images, the slow one: 4 of them, ~9 s each on 2 cores
-        *edit_stages("vae", "scripts/edit_vae.py", "runs/vae/synthetic", "mean", ("--num", "8"), "samples",
-                     pose_method="cflow"),
+        *edit_stages("vae", "scripts/edit_vae.py", "runs/vae/synthetic", "mean", ("--num", "8"), "samples"),
         *edit_stages("glow", "scripts/edit_glow.py", "runs/glow/synthetic", "mean", ("--num", "8"), "samples"),
         *edit_stages("pggan", "scripts/edit_interface_gan.py", "runs/pggan/synthetic", "boundary",
                      ("--cache-images", "4"), "test-images"),
@@ -78,16 +79,16 @@ def stages(num: int) -> list[Stage]:
 
 
 def edit_stages(name: str, script: str, run: str, method: str, source: tuple[str, ...] = (),
-                subdir: str = "", pose_method: str | None = None) -> list[Stage]:
+                subdir: str = "") -> list[Stage]:
     """Grids for one method: with the script's default source (encoded test images; random samples for the GAN),
     smile, smile with the mouth kept, and pose; with another ``source`` (in ``edits/<subdir>/``) smile and pose.
-    ``pose_method`` replaces ``method`` for the pose grids (the VAE turns heads with its latent flow, cflow)."""
+    Pose grids use the evaluation's pose method (registry.POSE_METHODS: the VAE turns heads with cflow)."""
     out = f"{run}/edits" + (f"/{subdir}" if subdir else "")
     edits = (("Smiling", ()), ("pose", ())) if source else (
         ("Smiling", ()), ("Smiling", ("--keep", "Mouth_Slightly_Open")), ("pose", ()))
     result = []
     for attribute, keep in edits:
-        how = pose_method or method if attribute == "pose" else method
+        how = POSE_METHODS.get(name, method) if attribute == "pose" else method
         stem = f"{attribute}{'-keep-' + keep[1] if keep else ''}-{how}"
         label = f"edit-{name}-{subdir + '-' if subdir else ''}{stem}"
         result.append(Stage(label, python(script, "--run", run, "--attribute", attribute, *keep, *source,

@@ -365,7 +365,7 @@ def turn_check(name: str, model, walk_mode: str, judge, resolution: int, args, o
             shown.append((f"{pose_method} edit", edited))
         result["pose_edits"]["no_edit_mean_db_other_frames"] = float(result["pose_edits"]["no_edit_db"][others].mean())
         if recon is not None:
-            result["pose_edits"]["reconstruction_mean_db_other_frames"] = float(per_frame(recon)[others].mean())
+            result["pose_edits"]["reconstruction_mean_db_other_frames"] = float(recon_db[others].mean())
     rows = min(2, n)
     grid = out / "images" / f"{name}-turn.png"
     images = torch.stack([im.reshape(n, frames, *flat.shape[1:])[:rows] for _, im in shown], 1).flatten(0, 1)
@@ -419,11 +419,18 @@ def evaluate_method(name: str, model, find_direction, info: dict, judge, args, s
                      "max_abs_error_on_grid": float((decoded - snapped).abs().max()), "n_bits": int(model.n_bits)}
         source = {"kind": "test images", "n": len(inputs)}
     result["reconstruction"], result["source"] = recon, source
+    pose_method = info.get("pose_method", dmethod)
+    directions: dict = {}
+
+    def direction_for(attribute: str, how: str):  # each direction loaded (or found) once per method
+        if (attribute, how) not in directions:
+            directions[attribute, how] = get_direction(run_dir, attribute, how, find_direction)
+        return directions[attribute, how]
+
     synthetic = (Path(info["cache"]) / "factors.npy").exists()
     if args.turn_faces > 0 and synthetic and (method != "pggan" or args.turn_gan):
-        pose_methods = list(dict.fromkeys([dmethod, info.get("pose_method", dmethod)]))
         pose_edits = None if method == "pggan" else {
-            m: get_direction(run_dir, "pose", m, find_direction) for m in pose_methods}
+            m: direction_for("pose", m) for m in dict.fromkeys([dmethod, pose_method])}
         result["turn"] = turn_check(name, model, walk_mode, judge, decoded.shape[-1], args, out,
                                     encode_every_frame=method != "pggan", pose_edits=pose_edits)
     unedited = judge_images(judge, decoded, bs)  # the a = 0 column of every walk
@@ -431,8 +438,8 @@ def evaluate_method(name: str, model, find_direction, info: dict, judge, args, s
     plots: dict = {}
     factor_names = list(getattr(judge, "factor_names", []))
     for attribute in args.attributes:
-        amethod = info.get("pose_method", dmethod) if attribute == "pose" else dmethod
-        direction = get_direction(run_dir, attribute, amethod, find_direction)
+        amethod = pose_method if attribute == "pose" else dmethod
+        direction = direction_for(attribute, amethod)
         if direction.dim != base.shape[1]:
             raise UserError(f"{direction_path(run_dir, attribute, amethod)}.npz: a {direction.dim}-d direction "
                             f"for a {base.shape[1]}-d model; delete it to find the direction again")
@@ -450,7 +457,7 @@ def evaluate_method(name: str, model, find_direction, info: dict, judge, args, s
         bar.update(1)
         kept_name = keep_map.get(attribute, [])
         if kept_name:
-            conditions = [get_direction(run_dir, k, dmethod, find_direction) for k in kept_name]
+            conditions = [direction_for(k, dmethod) for k in kept_name]
             conditioned = project_out(direction, conditions, keep_names=kept_name)
             c_images, c_scores, c_feats, c_factors = run_walk(model, base, conditioned, strengths, walk_mode,
                                                               judge, bs, unedited)
