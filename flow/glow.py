@@ -191,7 +191,7 @@ class Glow(nn.Module):
         prior_logp = y.new_zeros(batch)
         eps = []
         last = len(self.flows) - 1
-        fold = fold and all(bool(step.actnorm.initialized) for steps in self.flows for step in steps)
+        fold = fold and self.is_initialized
         for level, steps in enumerate(self.flows):
             z = squeeze2d(z)
             if fold:

@@ -25,6 +25,7 @@ and OUT/images/*.png; the report's discussion is generated from the numbers.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -286,6 +287,18 @@ def path_shape(latents: torch.Tensor) -> dict:
             "middle_offset": float(middle.norm(dim=1).mean())}
 
 
+@functools.lru_cache(maxsize=4)
+def true_turns(n: int, resolution: int) -> torch.Tensor:
+    """The turn check's rendered faces [n, TURN_FRAMES, 3, R, R] in [-1, 1]: the same for every method (read only)."""
+    from common.cache import uint8_to_model
+    from common.synthetic import render_turn, sample_factors
+
+    yaws = np.linspace(-TURN_YAW, TURN_YAW, TURN_FRAMES)
+    factors = sample_factors(n, seed=TURN_SEED)
+    return torch.stack([uint8_to_model(render_turn({k: float(v[i]) for k, v in factors.items()}, yaws,
+                                                   TURN_SEED + i, resolution)) for i in range(n)])
+
+
 def turn_check(name: str, model, walk_mode: str, judge, resolution: int, args, out: Path,
                encode_every_frame: bool, pose_edits: dict | None = None) -> dict:
     """Ground truth for pose edits: can this model's latent space turn a head at all?
@@ -302,16 +315,12 @@ def turn_check(name: str, model, walk_mode: str, judge, resolution: int, args, o
     edit starts from the encoded frontal frame and is walked to the strength of every true frame's yaw (the
     judge's yaw of that frame over the direction's ``score_std``), then compared with the true frames as above.
     """
-    from common.cache import uint8_to_model
     from common.directions import walk
     from common.grids import edit_grid
-    from common.synthetic import render_turn, sample_factors
 
     n, frames, bs = args.turn_faces, TURN_FRAMES, args.batch_size
     yaws = np.linspace(-TURN_YAW, TURN_YAW, frames)
-    factors = sample_factors(n, seed=TURN_SEED)
-    true = torch.stack([uint8_to_model(render_turn({k: float(v[i]) for k, v in factors.items()}, yaws,
-                                                   TURN_SEED + i, resolution)) for i in range(n)])  # [n, S, 3, R, R]
+    true = true_turns(n, resolution)  # [n, S, 3, R, R]
     flat = true.flatten(0, 1)
     if encode_every_frame:
         latents = encode_all(model, flat, bs).reshape(n, frames, -1)  # [n, S, D]

@@ -36,7 +36,7 @@ import torch  # noqa: E402
 from common.cache import CelebACache, default_cache_dir  # noqa: E402
 from common.cli import UserError, run_main  # noqa: E402
 from common.config import load_config  # noqa: E402
-from common.run import RunContext, adam, add_train_arguments  # noqa: E402
+from common.run import RunContext, adam, add_train_arguments, lerp_parameters_  # noqa: E402
 from interface_gan.config import PGGANConfig  # noqa: E402
 from interface_gan.losses import drift_penalty, generator_loss, gradient_penalty, wasserstein_critic_loss  # noqa: E402
 from interface_gan.pggan import (  # noqa: E402
@@ -60,15 +60,6 @@ def real_batch(dataset: CelebACache, indices: torch.Tensor, flips: torch.Tensor,
         x = torch.stack([dataset[int(i)]["image"] for i in indices])
     x = torch.where(flips[:, None, None, None], x.flip(-1), x)
     return x.to(device, non_blocking=True)
-
-
-@torch.no_grad()
-def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    # one multi-tensor lerp instead of a Python loop over every parameter (the same lerp_ per tensor)
-    ema_params, params = list(ema.parameters()), [p.detach() for p in model.parameters()]
-    if len(ema_params) != len(params):
-        raise ValueError(f"update_ema: {len(ema_params)} EMA parameters but the model has {len(params)}")
-    torch._foreach_lerp_(ema_params, params, 1.0 - decay)
 
 
 def make_optimizers(cfg: PGGANConfig, generator, discriminator):
@@ -191,7 +182,7 @@ def main() -> int:
         discriminator.requires_grad_(True)
         # EMA with a warm-up (min(decay, (1 + step) / (10 + step)), as TensorFlow's moving averages): with only
         # ~100 steps in the first phase a plain 0.99 average would still be a third initial weights.
-        update_ema(g_ema, generator, min(decay, (1 + step) / (10 + step)) if decay > 0 else 0.0)
+        lerp_parameters_(g_ema, generator, min(decay, (1 + step) / (10 + step)) if decay > 0 else 0.0)
 
         step_images = batch * ctx.world_size
         images_seen += step_images
