@@ -7,7 +7,7 @@ type fails at start with a one-line ``ConfigError`` that names where the bad val
 
     configs/vae/x.yaml: unknown key 'train.lrr'; did you mean 'train.lr'?
     configs/vae/x.yaml: key 'train.batch_size' must be an int, got '64x' (str)
-    --set train.precision: key 'train.precision' must be one of 'bf16', 'fp16', 'fp32', got 'fp8' (str)
+    --set train.precision: key 'train.precision' must be one of 'auto', 'bf16', 'fp16', 'fp32', got 'fp8' (str)
 
 Supported annotations: ``bool``, ``int`` (bools refused; integral floats like ``2e6`` accepted), ``float``
 (ints accepted), ``str``, ``pathlib.Path``, ``list[T]``, ``tuple[T, ...]`` / ``tuple[A, B]``, ``dict[str, T]``,
@@ -49,7 +49,8 @@ __all__ = [
     "dump_config",
 ]
 
-PRECISIONS = ("bf16", "fp16", "fp32")
+# auto: bf16 where the device computes it natively, else fp32 (common.distributed.resolve_precision)
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 # Keys the run folder's config.yaml carries besides the config itself; skipped when loading a config.
 RUN_METADATA_KEYS = ("method", "git_commit")
 
@@ -74,7 +75,7 @@ class DataConfig:
 class TrainConfig:
     seed: int = dataclasses.field(default=0, metadata={"min": 0})
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (checked when the run starts)
-    precision: str = dataclasses.field(default="bf16", metadata={"choices": PRECISIONS})
+    precision: str = dataclasses.field(default="auto", metadata={"choices": PRECISIONS})
     channels_last: bool = False
     compile: bool = False
     batch_size: int = dataclasses.field(default=64, metadata={"min": 1})

@@ -85,6 +85,7 @@ from common.distributed import (
     local_rank,
     rank,
     resolve_device,
+    resolve_precision,
     seed_everything,
     world_size,
 )
@@ -337,8 +338,9 @@ class RunContext:
                 _report_config_changes(self.out / "config.yaml", self.config_dict)
             config_text = dump_config({"method": self.method, "git_commit": self.git_commit, **self.config_dict})
             atomic_write_text(self.out / "config.yaml", config_text)
+            auto = " (auto)" if self.cfg.train.precision == "auto" else ""
             print(f"run folder: {self.out}  (method {self.method}, device {self.device}, precision "
-                  f"{self.precision}, world size {self.world_size}{', resuming' if self.resume else ''})")
+                  f"{self.precision}{auto}, world size {self.world_size}{', resuming' if self.resume else ''})")
             print(dump_config(self.config_dict), end="", flush=True)
         self.git_commit = broadcast_from_main(self.git_commit)
         barrier()
@@ -370,12 +372,10 @@ class RunContext:
 
     # -- precision and models ------------------------------------------------------------------------------------
     def _effective_precision(self, precision: str) -> str:
-        if precision == "fp16" and self.device.type != "cuda":
-            if self.is_main:
-                warnings.warn(f"train.precision=fp16 needs CUDA (GradScaler); using bf16 on {self.device.type}",
-                              stacklevel=3)
-            return "bf16"
-        return precision
+        effective, note = resolve_precision(precision, self.device)
+        if note and self.is_main:
+            warnings.warn(note, stacklevel=3)
+        return effective
 
     def autocast(self):
         """Context manager for the forward pass: bf16/fp16 autocast, or nothing for fp32."""

@@ -9,6 +9,7 @@ off (see flow/config.py for why); only the coupling networks may run under autoc
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 
 import torch
@@ -119,15 +120,23 @@ class _ConvReLU(torch.autograd.Function):
         return gx, gw, gb, None
 
 
-def _has_fused_conv_relu() -> bool:
-    """Whether this torch build has oneDNN's fused convolution op (private API: checked, never assumed)."""
+@functools.cache
+def fused_conv_relu_available() -> bool:
+    """Whether oneDNN's fused bf16 convolution runs here (a private op: checked once by running it, never assumed).
+
+    The op exists in every oneDNN build of torch, but its bf16 kernel needs AVX-512 (BW/VL/DQ) or AVX-NE-CONVERT:
+    on an AVX2-only CPU it raises at the first call, so existing is not enough.
+    """
     try:
-        return bool(torch.backends.mkldnn.is_available()) and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+        if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")):
+            return False
+        x = torch.zeros(1, 1, 2, 2, dtype=torch.bfloat16)
+        w = torch.zeros(1, 1, 1, 1, dtype=torch.bfloat16)
+        b = torch.zeros(1, dtype=torch.bfloat16)
+        torch.ops.mkldnn._convolution_pointwise(x, w, b, [0, 0], [1, 1], [1, 1], 1, "relu", [], "")
+        return True
     except (AttributeError, RuntimeError):
         return False
-
-
-_FUSED_CONV_RELU = _has_fused_conv_relu()
 
 
 def conv_relu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -139,7 +148,7 @@ def conv_relu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """
     dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
     fusable = (x.device.type == "cpu" and dtype == torch.bfloat16 and x.dim() == 4
-               and _FUSED_CONV_RELU and torch.backends.mkldnn.enabled)
+               and torch.backends.mkldnn.enabled and fused_conv_relu_available())
     same_conv = (conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1 and conv.bias is not None
                  and conv.kernel_size[0] == conv.kernel_size[1] and conv.padding == (conv.kernel_size[0] // 2,) * 2)
     if not (fusable and same_conv):

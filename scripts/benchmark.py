@@ -54,6 +54,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from common.cli import UserError, run_main  # noqa: E402
+from common.distributed import resolve_precision  # noqa: E402
 from common.run import adam, keep_freed_memory  # noqa: E402  (what every trainer uses)
 
 
@@ -217,11 +218,13 @@ MODES = {  # name -> Flags; "default" is what the method's config file sets (see
 }
 
 
-def _flags(mode: str, train_cfg) -> Flags:
-    """A mode's flags; "default" reads them from the config the train script would use at that size."""
+def _flags(mode: str, train_cfg, device: torch.device) -> Flags:
+    """A mode's flags; "default" reads them from the config the train script would use at that size, with
+    ``train.precision`` resolved on ``device`` as the run context resolves it (auto: bf16 only if native)."""
     if mode != "default":
         return MODES[mode]
-    return Flags(train_cfg.precision != "fp32", bool(train_cfg.channels_last), bool(train_cfg.compile))
+    precision, _ = resolve_precision(train_cfg.precision, device)
+    return Flags(precision != "fp32", bool(train_cfg.channels_last), bool(train_cfg.compile))
 
 
 def _flags_name(flags: Flags) -> str:
@@ -304,7 +307,7 @@ def vae_setup(size: str, device: torch.device, resolution: int | None = None, ba
         return ConvVAE(res, latent, widths, norm=norm)
 
     def make_step(mode: str):
-        flags = _flags(mode, train_cfg)
+        flags = _flags(mode, train_cfg, device)
         net, vae = _prepare(build(), flags, device)
         opt = adam(vae.parameters(), lr=1e-4)
         x = _images(bs, res, device, flags)
@@ -342,7 +345,7 @@ def glow_setup(size: str, device: torch.device, resolution: int | None = None, b
         return Glow(resolution=res, **kw)
 
     def make_step(mode: str):
-        flags = _flags(mode, train_cfg)
+        flags = _flags(mode, train_cfg, device)
         net, glow = _prepare(build(), flags, device)
         opt = adam(glow.parameters(), lr=1e-4)
         x = _images(bs, res, device, flags)
@@ -382,7 +385,7 @@ def pggan_setup(size: str, device: torch.device, resolution: int | None = None, 
     def make_step(mode: str):
         generator, discriminator = build_networks(model_cfg, res)
         g_ema = copy.deepcopy(generator).to(device).requires_grad_(False)
-        flags = _flags(mode, train_cfg)
+        flags = _flags(mode, train_cfg, device)
         g_net, generator = _prepare(generator, flags, device)
         d_net, discriminator = _prepare(discriminator, flags, device)
         opt_g = adam(generator.parameters(), lr=1e-3, betas=betas, eps=eps)
@@ -433,7 +436,7 @@ def predictor_setup(size: str, device: torch.device, resolution: int | None = No
         return build_predictor(cfg.model, res, factor_names)
 
     def make_step(mode: str):
-        flags = _flags(mode, train_cfg)
+        flags = _flags(mode, train_cfg, device)
         net, model = _prepare(build(), flags, device)
         opt = adam(model.parameters(), lr=1e-4, weight_decay=5e-4, decoupled=True)
         x = _images(bs, res, device, flags)
@@ -522,7 +525,7 @@ def _train_row(setup: TrainSetup, mode: str, args: argparse.Namespace, device: t
     step = setup.make_step(mode)
     seconds, peak, first = time_steps(step, args.steps, max(args.warmup, 1), device)
     if mode == "default":  # name what the config resolves to: this row is what training runs
-        mode = f"default={_flags_name(_flags(mode, setup.train_cfg))}"
+        mode = f"default={_flags_name(_flags(mode, setup.train_cfg, device))}"
     row = {"method": setup.method, "size": setup.size, "res": setup.resolution, "batch": setup.batch,
            "params_M": round(setup.params / 1e6, 2), "mode": mode, "step_ms": round(seconds * 1e3, 1),
            "img_per_s": round(setup.batch / seconds, 2), "first_step_s": round(first, 1),

@@ -14,14 +14,17 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 import benchmark  # noqa: E402
 
+from common.distributed import resolve_precision  # noqa: E402
+
 
 @pytest.mark.parametrize("method", ["vae", "glow", "pggan", "predictor"])
 def test_default_mode_is_the_config_and_a_step_runs(method):
     resolution = {"vae": 16, "glow": 8, "pggan": 8, "predictor": 32}[method]  # the smallest each model takes
     setup = benchmark.SETUPS[method]("synthetic", torch.device("cpu"), resolution=resolution, batch=4)
     train = setup.train_cfg
-    flags = benchmark._flags("default", train)
-    assert flags == (train.precision != "fp32", train.channels_last, train.compile)
+    cpu = torch.device("cpu")
+    flags = benchmark._flags("default", train, cpu)
+    assert flags == (resolve_precision(train.precision, cpu)[0] == "bf16", train.channels_last, train.compile)
     seconds, peak, first = benchmark.time_steps(setup.make_step("default"), steps=1, warmup=1,
                                                 device=torch.device("cpu"))
     assert seconds > 0 and peak >= 0 and first > 0

@@ -59,7 +59,7 @@ def error_of(tmp_path, text: str, overrides=None) -> str:
 def test_shared_sections_match_the_contract():
     assert config_to_dict(DataConfig()) == {"root": "data/synthetic", "resolution": 32, "cache": "", "hflip": True}
     assert config_to_dict(TrainConfig()) == {
-        "seed": 0, "device": "auto", "precision": "bf16", "channels_last": False, "compile": False,
+        "seed": 0, "device": "auto", "precision": "auto", "channels_last": False, "compile": False,
         "batch_size": 64, "lr": 2e-4, "total_images": 100000, "checkpoint_every_images": 20000,
         "grad_clip": 0.0, "ema_decay": 0.0, "num_workers": 0,
     }
@@ -115,7 +115,7 @@ def test_unknown_key_without_close_match_lists_valid_keys(tmp_path):
         ("model:\n  norm: layer\n", "model.norm", "one of 'batch', 'group', 'none'", "'layer'"),
         ("model:\n  act: gelu\n", "model.act", "one of 'relu', 'silu'", "'gelu'"),
         ("model:\n  widths: {a: 1.5}\n", "model.widths.a", "an int", "1.5"),
-        ("train:\n  precision: fp8\n", "train.precision", "one of 'bf16', 'fp16', 'fp32'", "'fp8'"),
+        ("train:\n  precision: fp8\n", "train.precision", "one of 'auto', 'bf16', 'fp16', 'fp32'", "'fp8'"),
         ("train:\n  batch_size: 0\n", "train.batch_size", "int >= 1", "0 (int)"),
         ("train: 5\n", "train", "a mapping", "5 (int)"),
     ],

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from flow.glow import apply_if_finite
-from flow.layers import Coupling
+from flow.layers import Coupling, fused_conv_relu_available
 
-needs_mkldnn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN not available")
+needs_mkldnn = pytest.mark.skipif(not fused_conv_relu_available(),
+                                  reason="oneDNN's bf16 convolution needs AVX-512 or AVX-NE-CONVERT")
 
 
 def _coupling_outputs(coupling: Coupling, x: torch.Tensor, fused: bool) -> list[torch.Tensor]:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from torch import nn
 from common.checkpoint import CheckpointError, get_rng_state, set_rng_state
 from common.cli import UserError
 from common.config import ConfigError, DataConfig, LogConfig, TrainConfig, dump_config, load_config
+from common.distributed import native_bf16, resolve_precision
 from common.run import (
     CHECKPOINT_FORMAT,
     EMA,
@@ -338,15 +340,27 @@ def test_step_clips_gradients_and_zeroes_them(tmp_path):
 
 
 def test_autocast_and_fp16_fallback_on_cpu(tmp_path):
+    native = native_bf16(torch.device("cpu"))
     args = parse(["--config", str(config_file(tmp_path)), "--out", str(tmp_path / "run")])
-    with RunContext.create("toy", load_config(ToyConfig, args.config, ["train.precision=bf16"]), args) as ctx:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ctx = RunContext.create("toy", load_config(ToyConfig, args.config, ["train.precision=bf16"]), args)
+    # an explicit bf16 is kept; on a CPU that only emulates it, the user is told it is slow
+    assert any("no native bf16" in str(w.message) for w in caught) == (not native)
+    with ctx:
         with ctx.autocast():
             assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
     args = parse(["--config", str(config_file(tmp_path)), "--out", str(tmp_path / "run2")])
     with pytest.warns(UserWarning, match="fp16 needs CUDA"):
         ctx = RunContext.create("toy", load_config(ToyConfig, args.config, ["train.precision=fp16"]), args)
     with ctx:
-        assert ctx.precision == "bf16" and ctx.scaler is None
+        assert ctx.precision == ("bf16" if native else "fp32") and ctx.scaler is None
+    args = parse(["--config", str(config_file(tmp_path)), "--out", str(tmp_path / "run4")])
+    with RunContext.create("toy", load_config(ToyConfig, args.config, ["train.precision=auto"]), args) as ctx:
+        assert ctx.precision == ("bf16" if native else "fp32")
+        with ctx.autocast():
+            product = torch.ones(2, 2) @ torch.ones(2, 2)
+        assert product.dtype == (torch.bfloat16 if native else torch.float32)
     args = parse(["--config", str(config_file(tmp_path)), "--out", str(tmp_path / "run3")])
     with pytest.raises(ConfigError, match="train.device"):
         RunContext.create("toy", load_config(ToyConfig, args.config, ["train.device=tpu"]), args)
@@ -486,3 +500,20 @@ def test_torchrun_two_processes_end_with_identical_weights(tmp_path):
 
 def flat_dict(state: dict) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in state.values()])
+
+
+def test_resolve_precision_picks_bf16_only_where_it_is_native(monkeypatch):
+    import common.distributed as distributed
+
+    cpu = torch.device("cpu")
+    for native in (True, False):
+        monkeypatch.setattr(distributed, "native_bf16", lambda device, native=native: native)
+        fast = "bf16" if native else "fp32"
+        assert resolve_precision("auto", cpu) == (fast, None)
+        assert resolve_precision("fp32", cpu) == ("fp32", None)
+        precision, note = resolve_precision("fp16", cpu)
+        assert precision == fast and note.startswith("train.precision=fp16 needs CUDA") and note.endswith(f"{fast} on cpu")
+        precision, note = resolve_precision("bf16", cpu)
+        assert precision == "bf16" and (note is None) == native
+    # the real answer agrees with oneDNN's own test on this machine
+    assert native_bf16(cpu) == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
