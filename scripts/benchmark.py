@@ -1,7 +1,7 @@
 """Measured throughput of the project's pieces: prints a table and writes the numbers to JSON.
 
     python scripts/benchmark.py [--only vae glow pggan predictor boundary loader edit] [--device auto]
-        [--steps 10 --warmup 3] [--modes fp32 bf16 channels_last+bf16] [--compile] [--scaling]
+        [--steps 10 --warmup 3] [--modes fp32 channels_last bf16 channels_last+bf16] [--compile] [--scaling]
         [--json runs/benchmark.json]
 
 Each benchmark is a function in ``BENCHMARKS`` (name -> function(args) -> dict of results with a ``rows`` list
@@ -12,7 +12,7 @@ runs of the other benchmarks, so running one benchmark updates only its own entr
 does it (forward, loss, backward, Adam step, zero_grad; for the GAN one WGAN-GP iteration: critic on real + fake
 + gradient penalty + drift, critic step, generator step, EMA), median of ``--steps`` timed steps after
 ``--warmup``, on random inputs, at the published reference architecture and batch (``REFERENCES``: their fp32 /
-bf16 numbers and our target, with pass/fail) and at our synthetic config; per mode (fp32, bf16 autocast,
+bf16 numbers and our target, with pass/fail) and at our synthetic config; per mode (fp32, channels_last fp32, bf16 autocast,
 channels_last + bf16, torch.compile + bf16 with ``--compile``). Peak memory is CUDA's max_memory_allocated, or on
 the CPU the growth of the resident set (VmHWM after resetting it through /proc/self/clear_refs, heap trimmed first).
 ``boundary``: InterFaceGAN's boundary fit at its own scale (500k x 512, top/bottom 2%). ``edit``: latency of a
@@ -211,6 +211,7 @@ class Flags(NamedTuple):
 
 MODES = {  # name -> Flags; "default" is what the method's config file sets (see _flags)
     "fp32": Flags(False, False, False),
+    "channels_last": Flags(False, True, False),
     "bf16": Flags(True, False, False),
     "channels_last+bf16": Flags(True, True, False),
     "compile+bf16": Flags(True, False, True),
