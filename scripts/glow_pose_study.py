@@ -1,0 +1,194 @@
+"""Where does pose live in a Glow's latents, and how close do pose edits get to a true head turn?
+
+    python scripts/glow_pose_study.py --run runs/glow/synthetic [--cache DIR] [--max-images 8000] [--faces 8]
+        [--flow all:64 lv12:128 top:256 top:768] [--epochs 60] [--out RUN/pose_study.json]
+
+A study, not an edit: it needs a synthetic cache (the rendered head turns are the ground truth). It encodes up
+to ``--max-images`` training images and their mirrors (yaw negated), renders ``--faces`` of the evaluation's
+turning faces (scripts/evaluate.py, -32..+32 degrees) and edits each turn's encoded frontal frame towards every
+other frame's yaw (as the linear read-out of the latents sees that frame). Every row is the PSNR against the true
+frames, averaged over the non-frontal frames:
+
+- ``none`` (the frontal frame as is) and ``cross-fade`` (the two end frames blended in pixels: exact at the ends,
+  so averaged over the inner frames only);
+- ``straight``: the regression direction (common.directions.regression_direction), what ``--method mean`` walks;
+- ``flow <part>:<k>``: the conditional latent flow (common.latent_flow) on the top ``k`` principal components of a
+  part of the latents (``all`` levels, ``lv12`` the two upper levels, ``top`` the top level); the rest of the
+  latent is kept;
+- oracles, which use the true frame's own latents: that frame's level (or upper two levels) put into the frontal
+  frame's latents,
+  and the true displacement kept only on the top 64 / 128 / 256 principal components of all levels.
+
+Writes a JSON of every row (default RUN/pose_study.json), a PNG beside it (the true turn, the straight edit and
+each flow's edit, for two faces) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from common.cli import UserError, run_main  # noqa: E402
+
+PARTS = ("all", "lv12", "top")
+ORACLE_COMPONENTS = (64, 128, 256)
+PCA_FIT_ROWS = 6000  # principal components from this many latents: plenty for the top few hundred
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="a Glow run folder (scripts/train_glow.py)")
+    p.add_argument("--cache", default=None, help="prepared synthetic cache to fit on (default: the run's)")
+    p.add_argument("--max-images", type=int, default=8000, help="training images encoded (and mirrored)")
+    p.add_argument("--faces", type=int, default=8, help="rendered head turns to compare with")
+    p.add_argument("--flow", nargs="*", default=["all:64"], help="latent flows to fit, PART:K (PART: all, lv12, top)")
+    p.add_argument("--epochs", type=int, default=60, help="latent-flow epochs (early stopping on validation)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--out", default=None, help="JSON to write (default RUN/pose_study.json)")
+    return p.parse_args()
+
+
+def parse_flow(spec: str, sizes: dict[str, int]) -> tuple[str, int]:
+    part, _, k = spec.partition(":")
+    if part not in PARTS or not k.isdigit() or not 2 <= int(k) <= sizes[part]:
+        raise UserError(f"--flow {spec!r}: expected PART:K with PART one of {', '.join(PARTS)} and 2 <= K <= the "
+                        f"part's size ({', '.join(f'{n} {s}' for n, s in sizes.items())})")
+    return part, int(k)
+
+
+def main() -> int:
+    args = parse_args()
+    run = Path(args.run)
+    if not (run / "checkpoints" / "last.pt").is_file():
+        raise UserError(f"{run}: not a Glow run folder (expected {run}/checkpoints/last.pt)")
+    if args.max_images < 20 or args.faces < 1 or args.epochs < 1:
+        raise UserError("--max-images >= 20, --faces >= 1 and --epochs >= 1 expected")
+
+    import evaluate as E  # the turn check's rendered faces (scripts/evaluate.py)
+
+    from common import metrics as M
+    from common.cache import CelebACache
+    from common.directions import regression_direction
+    from common.editing import _encode_positions, run_cache_dir
+    from common.latent_flow import fit_latent_flow
+    from flow.glow import load_model_from_run
+
+    model = load_model_from_run(run, "cpu")
+    off = np.cumsum([0, *model.latent_sizes])
+    if len(model.latent_sizes) < 3:
+        raise UserError(f"{run}: the study needs a Glow with at least 3 levels, this one has {len(off) - 1}")
+    parts = {"all": slice(0, int(off[-1])), "lv12": slice(int(off[-3]), int(off[-1])),
+             "top": slice(int(off[-2]), int(off[-1]))}
+    flows = [parse_flow(s, {n: s.stop - s.start for n, s in parts.items()}) for s in args.flow]
+    cache_dir = run_cache_dir(run, model, args.cache)
+    if not (cache_dir / "factors.npy").exists():
+        raise UserError(f"{cache_dir}: not a prepared synthetic cache (no factors.npy); the study needs the "
+                        "synthetic set's rendered turns")
+    cache = CelebACache(cache_dir, "train")
+    _, yaw, _ = cache.labels()
+    pos = np.arange(len(yaw))
+    if len(pos) > args.max_images:
+        pos = np.sort(np.random.default_rng(0).choice(len(pos), args.max_images, replace=False))
+    started = time.time()
+    latents = np.concatenate([_encode_positions(model, cache, pos, args.batch_size, True, mirror=m).double().numpy()
+                              for m in (False, True)])  # [2n, D]
+    score = np.concatenate([np.asarray(yaw)[pos], -np.asarray(yaw)[pos]]).astype(np.float64)
+
+    n = args.faces
+    true = E.true_turns(n, model.resolution)  # [n, S, 3, R, R]
+    frames = true.shape[1]
+    centre = frames // 2
+    others = [i for i in range(frames) if i != centre]
+    flat = true.flatten(0, 1)
+    with torch.no_grad():
+        turns = model.encode(flat).double().numpy().reshape(n, frames, -1)  # [n, S, D]
+    front = turns[:, centre]  # [n, D]
+    readout = np.linalg.lstsq(np.c_[latents, np.ones(len(latents))], score, rcond=None)[0]
+    target = (np.c_[turns.reshape(n * frames, -1), np.ones(n * frames)] @ readout).reshape(n, frames).mean(0)
+
+    shown = [("true turn", true)]  # (label, [n, S, 3, R, R]) for the picture
+
+    def db(edited: np.ndarray, label: str | None = None) -> float:  # [n, S, D] latents -> mean PSNR, non-frontal
+        with torch.no_grad():
+            images = model.decode(torch.as_tensor(edited, dtype=torch.float32).reshape(n * frames, -1))
+        if label:
+            shown.append((label, images.reshape(true.shape)))
+        return float(M.psnr(images, flat).reshape(n, frames)[:, others].mean())
+
+    rows: dict[str, float] = {"none": db(np.repeat(front[:, None], frames, 1))}
+    t = torch.linspace(0, 1, frames).view(1, -1, 1, 1, 1)
+    fade = ((1 - t) * true[:, :1] + t * true[:, -1:]).flatten(0, 1)
+    inner = [i for i in others if 0 < i < frames - 1]  # the cross-fade is exact at the two ends
+    rows["cross-fade (inner frames)"] = float(M.psnr(fade, flat).reshape(n, frames)[:, inner].mean())
+    straight = regression_direction(latents, score)
+    steps = (target - target[centre]) / straight.metrics["score_std"]  # [S] in standard deviations of yaw
+    rows["straight"] = db(front[:, None] + steps[None, :, None] * straight.scale * np.asarray(straight.vector)[None, None],
+                          "straight")
+
+    mean = latents.mean(0)
+    basis = {}  # part -> principal axes [d, d'] of that part, largest first
+    for part in {p for p, _ in flows} | {"all"}:
+        sl = parts[part]
+        basis[part] = np.linalg.svd(latents[:PCA_FIT_ROWS, sl] - mean[sl], full_matrices=False)[2].T
+    fits = {}
+    for part, k in flows:
+        sl, axes = parts[part], basis[part][:, :k]
+        coords = (latents[:, sl] - mean[sl]) @ axes  # [2n, k]
+        flow, fit = fit_latent_flow(coords, score, epochs=args.epochs, progress=True)
+        start = (front[:, sl] - mean[sl]) @ axes  # [n, k]
+        walked = flow.walk(start, (target - target[centre]) / float(flow.c_std[0]))  # [n, S, k]
+        edited = np.repeat(front[:, None], frames, 1)
+        edited[:, :, sl] += (walked - start[:, None]) @ axes.T
+        rows[f"flow {part}:{k}"] = db(edited, f"flow {part}:{k}")
+        fits[f"flow {part}:{k}"] = fit
+    for level in range(len(model.latent_sizes)):
+        sl = slice(int(off[level]), int(off[level + 1]))
+        swapped = np.repeat(front[:, None], frames, 1)
+        swapped[:, :, sl] = turns[:, :, sl]
+        rows[f"oracle level {level} swapped in"] = db(swapped)
+    swapped = np.repeat(front[:, None], frames, 1)
+    swapped[:, :, parts["lv12"]] = turns[:, :, parts["lv12"]]
+    rows["oracle upper two levels swapped in"] = db(swapped)
+    for k in ORACLE_COMPONENTS:
+        axes = basis["all"][:, :k]
+        rows[f"oracle displacement on top {k} components"] = db(front[:, None] + ((turns - front[:, None]) @ axes) @ axes.T)
+    displacement = (turns - front[:, None]).reshape(-1, turns.shape[-1])
+    share = {k: float(((displacement @ basis["all"][:, :k]) ** 2).sum() / (displacement ** 2).sum())
+             for k in ORACLE_COMPONENTS}
+
+    result = {"run": str(run), "cache": str(cache_dir), "latents": len(latents), "faces": n, "frames": frames,
+              "target_yaw": target.round(4).tolist(), "psnr_db_non_frontal": {k: round(v, 3) for k, v in rows.items()},
+              "displacement_share_on_top_components": {str(k): round(v, 4) for k, v in share.items()},
+              "latent_flow_fits": fits, "seconds": round(time.time() - started, 1)}
+    out = Path(args.out) if args.out else run / "pose_study.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, out)
+    from common.grids import edit_grid
+
+    faces = min(2, n)
+    grid = edit_grid(torch.stack([images[:faces] for _, images in shown], 1).flatten(0, 1),
+                     (E.TURN_YAW * 40.0 * np.linspace(-1, 1, frames)).round(0), out.with_suffix(".png"),
+                     title="Glow: a true head turn (yaw in degrees) and pose edits of its frontal frame",
+                     row_labels=[f"{label} {i + 1}" for i in range(faces) for label, _ in shown],
+                     marked_column=centre)
+    width = max(map(len, rows))
+    for name, value in rows.items():
+        print(f"{name:<{width}}  {value:6.2f} dB")
+    print(f"wrote {out} and {grid}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

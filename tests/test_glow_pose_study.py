@@ -1,0 +1,68 @@
+"""scripts/glow_pose_study.py on a tiny 3-level Glow trained on the tiny synthetic cache: rows, invariants, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from test_evaluate import run_script
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def glow_run(tiny_cache, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pose_study")
+    config = root / "glow-tiny.yaml"
+    config.write_text(f"""
+data: {{root: unused, resolution: 32, cache: "{tiny_cache}", hflip: false}}
+model: {{levels: 3, steps: 1, hidden_channels: 8, coupling: additive, n_bits: 5}}
+train: {{device: cpu, precision: fp32, batch_size: 16, lr: 1.0e-3, total_images: 32, grad_clip: 50.0,
+        checkpoint_every_images: 0}}
+log: {{every_images: 16, image_every_images: 0, tensorboard: false}}
+glow: {{warmup_images: 16, init_images: 16}}
+eval: {{test_every_images: 0, test_images: 16, batch_size: 32, grid_images: 4}}
+""")
+    code, err = run_script("train_glow.py", "--config", str(config), "--out", str(root / "glow"))
+    assert code == 0, err[-2000:]
+    return root / "glow"
+
+
+def test_study_writes_every_row_with_consistent_numbers(glow_run, tmp_path):
+    out = tmp_path / "study.json"
+    code, err = run_script("glow_pose_study.py", "--run", str(glow_run), "--faces", "2", "--max-images", "64",
+                           "--flow", "top:8", "lv12:4", "--epochs", "2", "--out", str(out))
+    assert code == 0, err[-2000:]
+    result = json.loads(out.read_text())
+    rows = result["psnr_db_non_frontal"]
+    expected = {"none", "cross-fade (inner frames)", "straight", "oracle upper two levels swapped in", "flow top:8", "flow lv12:4", *(
+        f"oracle level {i} swapped in" for i in range(3)), *(
+        f"oracle displacement on top {k} components" for k in (64, 128, 256))}
+    assert set(rows) == expected
+    assert all(math.isfinite(v) and 5 < v < 60 for v in rows.values())
+    assert result["latents"] == 2 * 64  # 64 training images and their mirrors
+    assert result["faces"] == 2 and len(result["target_yaw"]) == result["frames"]
+    shares = [result["displacement_share_on_top_components"][k] for k in ("64", "128", "256")]
+    assert all(0 <= s <= 1 + 1e-9 for s in shares) and shares == sorted(shares)  # more components hold more
+    assert set(result["latent_flow_fits"]) == {"flow top:8", "flow lv12:4"}
+    from PIL import Image
+
+    with Image.open(out.with_suffix(".png")) as picture:  # 8 rows (2 faces x true turn, straight, 2 flows), 7 frames
+        assert picture.height > picture.width > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--flow", "middle:8"], "expected PART:K"),
+    (["--flow", "top:100000"], "expected PART:K"),
+    (["--epochs", "0"], "--epochs >= 1"),
+])
+def test_bad_arguments_are_one_line_errors(glow_run, args, message):
+    code, err = run_script("glow_pose_study.py", "--run", str(glow_run), *args)
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_a_folder_without_a_glow_checkpoint_is_a_one_line_error(tmp_path):
+    code, err = run_script("glow_pose_study.py", "--run", str(tmp_path))
+    assert code == 2 and "not a Glow run folder" in err and "Traceback" not in err
