@@ -65,11 +65,11 @@ def train_vae(cache: Path, out: Path) -> None:
     assert code == 0, err[-3000:]
 
 
-def train_glow(cache: Path, out: Path) -> str | None:
-    config = out.parent / "glow-tiny.yaml"
+def train_glow(cache: Path, out: Path, levels: int = 2, coupling: str = "affine") -> str | None:
+    config = out.parent / f"{out.name}-tiny.yaml"
     config.write_text(f"""
 data: {{root: unused, resolution: 32, cache: "{cache}", hflip: false}}
-model: {{levels: 2, steps: 1, hidden_channels: 8, coupling: affine, n_bits: 5}}
+model: {{levels: {levels}, steps: 1, hidden_channels: 8, coupling: {coupling}, n_bits: 5}}
 train: {{device: cpu, precision: fp32, batch_size: 16, lr: 1.0e-3, total_images: 32, grad_clip: 50.0,
         checkpoint_every_images: 0}}
 log: {{every_images: 16, image_every_images: 0, tensorboard: false}}
