@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -78,6 +77,7 @@ def main() -> int:
 
     from common import metrics as M
     from common.cache import CelebACache
+    from common.checkpoint import atomic_write_text
     from common.directions import regression_direction
     from common.editing import _encode_positions, run_cache_dir
     from common.latent_flow import fit_latent_flow
@@ -151,14 +151,11 @@ def main() -> int:
         edited[:, :, sl] += (walked - start[:, None]) @ axes.T
         rows[f"flow {part}:{k}"] = db(edited, f"flow {part}:{k}")
         fits[f"flow {part}:{k}"] = fit
-    for level in range(len(model.latent_sizes)):
-        sl = slice(int(off[level]), int(off[level + 1]))
+    swaps = {f"level {i}": slice(int(off[i]), int(off[i + 1])) for i in range(len(model.latent_sizes))}
+    for name, sl in {**swaps, "upper two levels": parts["lv12"]}.items():
         swapped = np.repeat(front[:, None], frames, 1)
         swapped[:, :, sl] = turns[:, :, sl]
-        rows[f"oracle level {level} swapped in"] = db(swapped)
-    swapped = np.repeat(front[:, None], frames, 1)
-    swapped[:, :, parts["lv12"]] = turns[:, :, parts["lv12"]]
-    rows["oracle upper two levels swapped in"] = db(swapped)
+        rows[f"oracle {name} swapped in"] = db(swapped)
     for k in ORACLE_COMPONENTS:
         axes = basis["all"][:, :k]
         rows[f"oracle displacement on top {k} components"] = db(front[:, None] + ((turns - front[:, None]) @ axes) @ axes.T)
@@ -171,10 +168,7 @@ def main() -> int:
               "displacement_share_on_top_components": {str(k): round(v, 4) for k, v in share.items()},
               "latent_flow_fits": fits, "seconds": round(time.time() - started, 1)}
     out = Path(args.out) if args.out else run / "pose_study.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out)
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     from common.grids import edit_grid
 
     faces = min(2, n)
