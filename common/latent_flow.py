@@ -37,20 +37,58 @@ class LatentFlowError(UserError):
     """Bad input to the latent flow (shapes, too few samples, malformed saved state)."""
 
 
+class _DenseNet(nn.Sequential):
+    """The coupling network on flat latents: an MLP of the masked latent and the condition -> [B, 2D]."""
+
+    def __init__(self, dim: int, cond_dim: int, hidden: int):
+        super().__init__(nn.Linear(dim + cond_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                         nn.Linear(hidden, 2 * dim))
+        nn.init.zeros_(self[-1].weight)  # every coupling starts as the identity
+        nn.init.zeros_(self[-1].bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return super().forward(torch.cat([x, c], dim=1))
+
+
+class _ConvNet(nn.Module):
+    """The coupling network on latents that are [C, H, W] maps (a Glow level): 3x3, 1x1 and 3x3 convolutions of
+    the masked latent, the condition broadcast over the map and two coordinate maps -> [B, 2D].
+
+    Its weights are shared across positions (the coordinate maps let it still treat the centre and the outline
+    differently), so it has a few percent of the dense network's parameters: what keeps a flow on a whole Glow
+    level from overfitting a CelebA-sized set of latents.
+    """
+
+    def __init__(self, shape: tuple[int, int, int], cond_dim: int, hidden: int):
+        super().__init__()
+        channels, height, width = shape
+        self.shape = shape
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
+        self.register_buffer("coords", torch.stack([ys, xs])[None], persistent=False)  # [1, 2, H, W]
+        self.layers = nn.Sequential(nn.Conv2d(channels + cond_dim + 2, hidden, 3, padding=1), nn.SiLU(),
+                                    nn.Conv2d(hidden, hidden, 1), nn.SiLU(),
+                                    nn.Conv2d(hidden, 2 * channels, 3, padding=1))
+        nn.init.zeros_(self.layers[-1].weight)  # every coupling starts as the identity
+        nn.init.zeros_(self.layers[-1].bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        b, (channels, height, width) = len(x), self.shape
+        maps = torch.cat([x.reshape(b, channels, height, width), c[:, :, None, None].expand(-1, -1, height, width),
+                          self.coords.to(x.dtype).expand(b, -1, -1, -1)], dim=1)
+        s, t = self.layers(maps).chunk(2, dim=1)  # [B, C, H, W] each
+        return torch.cat([s.flatten(1), t.flatten(1)], dim=1)
+
+
 class _Coupling(nn.Module):
     """x_b = x_b * exp(s(x_a, c)) + t(x_a, c) on the unmasked half b; x_a passes through."""
 
-    def __init__(self, mask: torch.Tensor, cond_dim: int, hidden: int):
+    def __init__(self, mask: torch.Tensor, net: nn.Module):
         super().__init__()
-        dim = mask.numel()
         self.register_buffer("mask", mask)
-        self.net = nn.Sequential(nn.Linear(dim + cond_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-                                 nn.Linear(hidden, 2 * dim))
-        nn.init.zeros_(self.net[-1].weight)  # every coupling starts as the identity
-        nn.init.zeros_(self.net[-1].bias)
+        self.net = net
 
     def _scale_shift(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        s, t = self.net(torch.cat([x * self.mask, c], dim=1)).chunk(2, dim=1)  # [B, D] each
+        s, t = self.net(x * self.mask, c).chunk(2, dim=1)  # [B, D] each
         free = 1 - self.mask
         return torch.tanh(s) * free, t * free
 
@@ -66,29 +104,56 @@ class _Coupling(nn.Module):
 class ConditionalLatentFlow(nn.Module):
     """z = F(u; c): ``blocks`` affine couplings between a standard-normal base u [B, D] and latents z [B, D].
 
-    ``c`` is [B, K] in the condition's own units. ``to_base`` is F^{-1}, ``from_base`` is F.
+    ``c`` is [B, K] in the condition's own units. ``to_base`` is F^{-1}, ``from_base`` is F. With ``shape``
+    (C, H, W), C * H * W = D, the latents are maps in that layout (flattened C, H, W-major): the couplings mask
+    random halves of the channels and their networks are convolutions (``_ConvNet``); without it, random halves of
+    the dimensions and dense networks. With ``index`` (D positions in a longer latent of ``full_dim`` values) the
+    flow models that part only: ``to_base``, ``from_base``, ``log_prob`` and ``estimate`` take the part [B, D],
+    ``walk`` takes whole latents [B, full_dim] and leaves the rest of them as they are.
     """
 
-    def __init__(self, dim: int, cond_dim: int = 1, blocks: int = 8, hidden: int = 256, seed: int = 0):
+    def __init__(self, dim: int, cond_dim: int = 1, blocks: int = 8, hidden: int = 256, seed: int = 0,
+                 shape: tuple[int, int, int] | None = None, index=None, full_dim: int | None = None):
         super().__init__()
         if dim < 2:
             raise LatentFlowError(f"latent flow: expected latents of at least 2 dimensions, got {dim}")
+        if shape is not None:
+            shape = tuple(int(v) for v in shape)
+            if len(shape) != 3 or math.prod(shape) != dim or shape[0] < 2:
+                raise LatentFlowError(f"latent flow: shape {shape} is not (C >= 2, H, W) with C * H * W = {dim}")
         self.dim, self.cond_dim, self.blocks, self.hidden, self.seed = dim, cond_dim, blocks, hidden, seed
+        self.shape = shape
+        self.full_dim = None if index is None else int(full_dim if full_dim is not None else np.max(np.asarray(index)) + 1)
+        if index is not None:
+            index = torch.as_tensor(np.asarray(index), dtype=torch.long).reshape(-1)
+            if len(index) != dim or len(index.unique()) != dim or index.min() < 0 or index.max() >= self.full_dim:
+                raise LatentFlowError(f"latent flow: index must hold {dim} distinct positions in 0..{self.full_dim - 1}")
+            self.register_buffer("index", index)
         generator = torch.Generator().manual_seed(seed)
-        masks = []
+        units = dim if shape is None else shape[0]  # what a mask halves: dimensions, or channels
+        couplings = []
         for _ in range(blocks):
-            mask = torch.zeros(dim)
-            mask[torch.randperm(dim, generator=generator)[: dim // 2]] = 1.0
-            masks.append(mask)
-        self.couplings = nn.ModuleList(_Coupling(m, cond_dim, hidden) for m in masks)
+            mask = torch.zeros(units)
+            mask[torch.randperm(units, generator=generator)[: units // 2]] = 1.0
+            if shape is None:
+                couplings.append(_Coupling(mask, _DenseNet(dim, cond_dim, hidden)))
+            else:
+                mask = mask[:, None].expand(-1, shape[1] * shape[2]).flatten()  # [C] -> [C * H * W]
+                couplings.append(_Coupling(mask, _ConvNet(shape, cond_dim, hidden)))
+        self.couplings = nn.ModuleList(couplings)
         for name, size in (("z_mean", dim), ("z_std", dim), ("c_mean", cond_dim), ("c_std", cond_dim),
                            ("readout_bias", cond_dim), ("c_low", cond_dim), ("c_high", cond_dim)):
             self.register_buffer(name, torch.ones(size) if name.endswith("std") else torch.zeros(size))
         self.register_buffer("readout_weight", torch.zeros(dim, cond_dim))
 
     def config(self) -> dict:
-        return {"dim": self.dim, "cond_dim": self.cond_dim, "blocks": self.blocks, "hidden": self.hidden,
-                "seed": self.seed}
+        config = {"dim": self.dim, "cond_dim": self.cond_dim, "blocks": self.blocks, "hidden": self.hidden,
+                  "seed": self.seed}
+        if self.shape is not None:
+            config["shape"] = list(self.shape)
+        if self.full_dim is not None:
+            config["full_dim"] = self.full_dim
+        return config
 
     # -- the bijection, in standardised coordinates ------------------------------------------------------
     def _cond(self, c: torch.Tensor) -> torch.Tensor:
@@ -142,7 +207,13 @@ class ConditionalLatentFlow(nn.Module):
         returns z itself. Numpy in, numpy out; torch in, torch out.
         """
         is_numpy = isinstance(z, np.ndarray)
-        zt = self._check(torch.as_tensor(np.asarray(z) if is_numpy else z))
+        zt = torch.as_tensor(np.asarray(z) if is_numpy else z)
+        whole = None
+        if self.full_dim is not None:  # edit the flow's part of whole latents, keep the rest
+            if zt.ndim != 2 or zt.shape[1] != self.full_dim:
+                raise LatentFlowError(f"latent flow: expected latents [B, {self.full_dim}], got {tuple(zt.shape)}")
+            whole, zt = zt, zt[:, self.index]
+        zt = self._check(zt)
         a = torch.as_tensor(np.asarray(strengths, dtype=np.float64).reshape(-1), dtype=zt.dtype)  # [S]
         c0 = self.estimate(zt)  # [B, K]
         u = self.to_base(zt, c0)[0]  # [B, D]
@@ -156,17 +227,22 @@ class ConditionalLatentFlow(nn.Module):
             c[:, column] = torch.minimum(torch.maximum(c[:, column] + strength * self.c_std[column], low), high)
             out.append(zt if strength == 0 else self.from_base(u, c))
         result = torch.stack(out, dim=1)  # [B, S, D]
+        if whole is not None:
+            edited = whole[:, None].repeat(1, len(a), 1).to(result.dtype)  # [B, S, full_dim]
+            edited[:, :, self.index] = result
+            result = edited
         return result.numpy() if is_numpy else result.to(z.dtype)
 
     # -- saving: flat float64 arrays, so the direction's .npz can hold them ----------------------------
     def arrays(self) -> dict[str, np.ndarray]:
-        return {k: v.detach().cpu().double().numpy() for k, v in self.state_dict().items()}
+        return {k: v.detach().cpu().numpy() if k == "index" else v.detach().cpu().double().numpy()
+                for k, v in self.state_dict().items()}
 
     @classmethod
     def from_arrays(cls, config: dict, arrays: dict, where: str = "latent flow") -> ConditionalLatentFlow:
         try:
             flow = cls(int(config["dim"]), int(config["cond_dim"]), int(config["blocks"]), int(config["hidden"]),
-                       int(config["seed"])).double()
+                       int(config["seed"]), config.get("shape"), arrays.get("index"), config.get("full_dim")).double()
             flow.load_state_dict({k: torch.as_tensor(v) for k, v in arrays.items()})
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise LatentFlowError(f"{where}: cannot rebuild the latent flow ({str(exc).splitlines()[0]})") from None
@@ -175,10 +251,13 @@ class ConditionalLatentFlow(nn.Module):
 
 def fit_latent_flow(latents, conditions, blocks: int = 8, hidden: int = 256, epochs: int = 60,
                     batch_size: int = 256, lr: float = 1e-3, weight_decay: float = 1e-5, val_fraction: float = 0.1,
-                    patience: int = 8, seed: int = 0, progress: bool = False) -> tuple[ConditionalLatentFlow, dict]:
+                    patience: int = 8, seed: int = 0, progress: bool = False,
+                    shape: tuple[int, int, int] | None = None, index=None) -> tuple[ConditionalLatentFlow, dict]:
     """Fit p(z | c) by maximum likelihood; keep the weights of the best validation epoch (early stopping).
 
-    latents [N, D], conditions [N] or [N, K]. Returns (the flow in float64 and eval mode, metrics: train and
+    latents [N, D], conditions [N] or [N, K]; ``shape`` (C, H, W) fits convolutional couplings on latents that are
+    maps (see ConditionalLatentFlow); ``index`` fits the flow on those positions of the latents only (``walk``
+    then edits that part of whole latents). Returns (the flow in float64 and eval mode, metrics: train and
     validation negative log-likelihood in nats per dimension, the read-out's R^2 per condition, epochs, seconds).
     """
     from tqdm import tqdm
@@ -191,8 +270,14 @@ def fit_latent_flow(latents, conditions, blocks: int = 8, hidden: int = 256, epo
                               f"{tuple(z.shape)} and {tuple(c.shape)}")
     if len(z) < 20 or not (torch.isfinite(z).all() and torch.isfinite(c).all()):
         raise LatentFlowError(f"latent flow: need at least 20 finite latents to fit, got {len(z)}")
+    full_dim = z.shape[1]
+    if index is not None:
+        index = np.asarray(index, dtype=np.int64).reshape(-1)
+        if len(index) < 2 or index.min() < 0 or index.max() >= full_dim:
+            raise LatentFlowError(f"latent flow: index must hold at least 2 positions in 0..{full_dim - 1}")
+        z = z[:, torch.as_tensor(index)]
     torch.manual_seed(seed)
-    flow = ConditionalLatentFlow(z.shape[1], c.shape[1], blocks, hidden, seed)
+    flow = ConditionalLatentFlow(z.shape[1], c.shape[1], blocks, hidden, seed, shape, index, full_dim)
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(z), generator=generator)
     n_val = max(1, int(round(val_fraction * len(z))))

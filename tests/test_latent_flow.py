@@ -10,12 +10,12 @@ from common.directions import Direction, DirectionError, load_direction, project
 from common.latent_flow import ConditionalLatentFlow, LatentFlowError, fit_latent_flow
 
 
-def perturbed_flow(dim: int = 6, seed: int = 0) -> ConditionalLatentFlow:
+def perturbed_flow(dim: int = 6, seed: int = 0, shape=None) -> ConditionalLatentFlow:
     """A float64 flow whose couplings are far from the identity (random last layers)."""
     torch.manual_seed(seed)
-    flow = ConditionalLatentFlow(dim, cond_dim=1, blocks=4, hidden=16, seed=seed).double()
+    flow = ConditionalLatentFlow(dim, cond_dim=1, blocks=4, hidden=16, seed=seed, shape=shape).double()
     for coupling in flow.couplings:
-        torch.nn.init.normal_(coupling.net[-1].weight, std=0.3)
+        torch.nn.init.normal_((coupling.net[-1] if shape is None else coupling.net.layers[-1]).weight, std=0.3)
     return flow.eval()
 
 
@@ -31,15 +31,36 @@ def test_untrained_flow_is_the_identity_and_couplings_invert():
     assert torch.allclose(flow.transport(moved, c + 1, c), z, atol=1e-10)
 
 
-def test_log_prob_matches_the_brute_force_jacobian():
-    flow = perturbed_flow(dim=4)
-    z, c = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 1, dtype=torch.float64)
+@pytest.mark.parametrize("shape", [None, (2, 2, 2)], ids=["dense", "conv"])
+def test_log_prob_matches_the_brute_force_jacobian(shape):
+    dim = 4 if shape is None else 8
+    flow = perturbed_flow(dim=dim, shape=shape)
+    z, c = torch.randn(3, dim, dtype=torch.float64), torch.randn(3, 1, dtype=torch.float64)
     for i in range(3):
         ci = c[i:i + 1]
-        jac = torch.autograd.functional.jacobian(lambda v, ci=ci: flow.to_base(v[None], ci)[0][0], z[i])  # [4, 4]
+        jac = torch.autograd.functional.jacobian(lambda v, ci=ci: flow.to_base(v[None], ci)[0][0], z[i])  # [D, D]
         u = flow.to_base(z[i:i + 1], c[i:i + 1])[0][0]
-        expected = -0.5 * (u ** 2).sum() - 2 * np.log(2 * np.pi) + torch.linalg.slogdet(jac)[1]
+        expected = -0.5 * (u ** 2).sum() - dim / 2 * np.log(2 * np.pi) + torch.linalg.slogdet(jac)[1]
         assert float(flow.log_prob(z[i:i + 1], c[i:i + 1])[0].detach()) == pytest.approx(float(expected), abs=1e-9)
+
+
+def test_convolutional_flow_masks_whole_channels_and_inverts():
+    shape = (4, 3, 2)  # C, H, W
+    identity = ConditionalLatentFlow(24, blocks=3, hidden=8, shape=shape).double()
+    z, c = torch.randn(5, 24, dtype=torch.float64), torch.randn(5, 1, dtype=torch.float64)
+    assert torch.allclose(identity.transport(z, c, c + 3), z, atol=1e-12)
+    flow = perturbed_flow(dim=24, shape=shape)
+    for coupling in flow.couplings:  # a channel is masked at every position or at none
+        per_channel = coupling.mask.reshape(4, 6)
+        assert torch.equal(per_channel, per_channel[:, :1].expand(4, 6)) and per_channel[:, 0].sum() == 2
+    u, _ = flow.to_base(z, c)
+    assert not torch.allclose(u, z, atol=1e-2)
+    assert torch.allclose(flow.from_base(u, c), z, atol=1e-10)
+    dense = ConditionalLatentFlow(768, blocks=1, hidden=128)  # a Glow top level, 48 x 4 x 4
+    conv = ConditionalLatentFlow(768, blocks=1, hidden=128, shape=(48, 4, 4))
+    assert sum(p.numel() for p in conv.parameters()) < 0.7 * sum(p.numel() for p in dense.parameters())
+    with pytest.raises(LatentFlowError, match=r"shape \(4, 3, 3\) is not"):
+        ConditionalLatentFlow(24, shape=(4, 3, 3))
 
 
 def curved_world(n: int, seed: int):
@@ -113,3 +134,28 @@ def test_fit_rejects_bad_input():
         fit_latent_flow(np.zeros((30, 4)), np.zeros(20))
     with pytest.raises(LatentFlowError, match=r"latents \[B, 4\]"):
         ConditionalLatentFlow(4).to_base(torch.zeros(2, 3), torch.zeros(2, 1))
+
+
+def test_a_flow_on_part_of_the_latents_edits_only_that_part_and_is_saved_with_it(tmp_path):
+    latents, y, radius, rest = curved_world(400, seed=4)
+    rng = np.random.default_rng(0)
+    whole = np.column_stack([rng.normal(size=(400, 3)), latents(y, radius, rest), rng.normal(size=(400, 1))])
+    index = np.arange(3, 9)  # the curved world and one noise dimension, as [2, 3, 1] maps
+    flow, metrics = fit_latent_flow(whole, y, blocks=2, hidden=8, epochs=2, seed=0, shape=(2, 3, 1), index=index)
+    assert flow.config()["shape"] == [2, 3, 1] and flow.config()["full_dim"] == 9 and flow.dim == 6
+    assert metrics["readout_r2"][0] > 0.8  # y read out of the part
+    strengths = np.array([-1.0, 0.0, 1.5])
+    out = flow.walk(whole[:4], strengths)  # [4, 3, 9]
+    assert out.shape == (4, 3, 9) and np.array_equal(out[:, 1], whole[:4])
+    kept = np.setdiff1d(np.arange(9), index)
+    assert np.array_equal(out[:, :, kept], np.repeat(whole[:4, None, kept], 3, axis=1))  # outside: untouched
+    assert np.abs(out[:, 2, index] - whole[:4, index]).max() > 1e-3  # inside: moved
+    direction = Direction(vector=np.eye(9)[4], attribute="pose", method="cflow", transport=flow)
+    save_direction(direction, tmp_path / "pose-cflow")
+    loaded = load_direction(tmp_path / "pose-cflow")
+    assert loaded.transport.index.dtype == torch.int64
+    assert np.allclose(walk(whole[:4], loaded, strengths), out, atol=1e-6)
+    with pytest.raises(LatentFlowError, match=r"latents \[B, 9\]"):
+        flow.walk(whole[:4, :6], strengths)
+    with pytest.raises(LatentFlowError, match="index must hold"):
+        fit_latent_flow(whole, y, index=[3, 12])
