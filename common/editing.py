@@ -46,6 +46,7 @@ from common.grids import edit_gif, edit_grid
 DEFAULT_CACHE_IMAGES = 8  # faces edited when neither --images nor --num is given
 DEFAULT_MAX_TRAIN_IMAGES = 20000  # encoded training images for a direction: plenty for a mean or a boundary
 POSE_BOUNDARY_RATIO = 0.3  # pose boundary: keep the top and bottom 30% of yaw
+CONV_FLOW_HIDDEN, CONV_FLOW_EPOCHS = 128, 20  # the convolutional latent flow: channels, epochs (~30 s each here)
 ENCODER_METHODS = ("mean", "boundary", "cflow")  # cflow: pose only, a conditional flow on the latents
 WALKS = ("relative", "absolute", "sphere")
 
@@ -259,14 +260,22 @@ def pose_latent_flow(model: EditableModel, cache, positions: np.ndarray, latents
     """The ``cflow`` pose edit: a conditional flow p(z | yaw) fitted on the latents (common.latent_flow).
 
     The mirror images are encoded too, with the yaw negated (a mirrored face turns the other way), which
-    doubles the data and makes the flow symmetric in yaw. The returned Direction's vector is the linear
-    regression direction (what a --keep pose condition projects out); its ``transport`` does the edit.
+    doubles the data and makes the flow symmetric in yaw. A model with ``latent_flow_layout()`` (Glow: its top
+    level, 4x4 maps) gets a convolutional flow on that part of its latents; the rest of them is kept. The
+    returned Direction's vector is the linear regression direction (what a --keep pose condition projects out);
+    its ``transport`` does the edit.
     """
     from common.latent_flow import fit_latent_flow
 
     mirrored = _encode_positions(model, cache, positions, batch_size, progress, mirror=True).double().numpy()
     both, scores = np.concatenate([latents, mirrored]), np.concatenate([yaw, -yaw])
-    flow, fit = fit_latent_flow(both, scores, seed=seed, progress=progress)
+    layout = getattr(model, "latent_flow_layout", None)  # a part of the latents, as maps (Glow's top level)
+    if layout is None:
+        flow, fit = fit_latent_flow(both, scores, seed=seed, progress=progress)
+    else:
+        index, shape = layout()
+        flow, fit = fit_latent_flow(both, scores, hidden=CONV_FLOW_HIDDEN, epochs=CONV_FLOW_EPOCHS, seed=seed,
+                                    progress=progress, shape=shape, index=np.asarray(index))
     direction = regression_direction(both, scores)
     direction.transport = flow
     direction.attribute, direction.method = POSE, method

@@ -1,13 +1,15 @@
 """Edit faces with a trained Glow: encode exactly, walk along an attribute direction, decode exactly.
 
     python scripts/edit_glow.py --run runs/glow/synthetic --attribute Smiling --keep Mouth_Slightly_Open \\
-        [--method mean|boundary] [--images a.jpg | --num 8 --seed 0 --temperature 0.7] [--range -3 3 --steps 7]
+        [--method mean|boundary|cflow] [--images a.jpg | --num 8 --seed 0 --temperature 0.7] [--range -3 3 --steps 7]
 
 Glow's encoder is the exact inverse of its decoder, so the unedited column reproduces the input exactly (on the
 model's n_bits grid). Directions are found in the standardised latent space of all levels flattened, from the
 run's labelled training split (common.editing.encoder_direction): ``mean`` is the difference of the class means
 (the official Glow demo's manipulation vectors), ``boundary`` a linear classifier's normal; ``--keep`` makes it
-orthogonal to the kept attributes' directions. Strengths are in units of the direction's scale (strength 1 moves
+orthogonal to the kept attributes' directions. ``--method cflow`` (pose only) turns heads with a conditional flow
+on the top level's latents instead of a straight line (common/latent_flow.py, convolutional couplings on its 4x4
+maps; the lower levels are kept). Strengths are in units of the direction's scale (strength 1 moves
 an average negative to an average positive for ``mean``). Writes ``<out>/<attribute>[-keep-...]-<method>.png``,
 ``.gif`` and ``.json`` (default out: RUN/edits/); the JSON records the unedited reconstruction's max error.
 """
@@ -35,7 +37,7 @@ from flow.glow import load_model_from_run, snap_to_grid  # noqa: E402
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_edit_arguments(parser, methods=("mean", "boundary"))
+    add_edit_arguments(parser, methods=("mean", "boundary", "cflow"))
     parser.add_argument("--temperature", type=float, default=0.7,
                         help="with --num: sampling temperature of the edited faces (default 0.7)")
     args = parser.parse_args()

@@ -68,6 +68,22 @@ def _layer_cases():
     }
 
 
+def test_level_maps_lay_the_upper_levels_out_as_maps_of_the_top_level_size():
+    model = Glow(32, levels=3, steps=1, hidden_channels=4, n_bits=5)
+    assert model.latent_shapes == [(6, 16, 16), (12, 8, 8), (48, 4, 4)]
+    z = torch.randn(2, model.latent_dim)
+    index, shape = model.latent_flow_layout()  # the pose flow's part: the top level, as it is
+    assert shape == (48, 4, 4) and torch.equal(index, torch.arange(2304, 3072))
+    index, shape = model.level_maps([1, 2])
+    assert shape == (96, 4, 4) and torch.equal(index.sort().values, torch.arange(1536, 3072))
+    maps = z[:, index].reshape(2, *shape)
+    assert torch.equal(maps[:, :48], squeeze2d(z[:, 1536:2304].reshape(2, 12, 8, 8)))
+    assert torch.equal(maps[:, 48:], z[:, 2304:].reshape(2, 48, 4, 4))
+    index, shape = model.level_maps([0])  # squeezed twice
+    assert shape == (96, 4, 4) and torch.equal(z[:, index].reshape(2, *shape),
+                                               squeeze2d(squeeze2d(z[:, :1536].reshape(2, 6, 16, 16))))
+
+
 @pytest.mark.parametrize("name", ["actnorm", "invconv", "affine", "additive", "step"])
 def test_layer_inverse_and_logdet_match_brute_force_jacobian(name):
     layer = _layer_cases()[name].double()
@@ -387,6 +403,31 @@ def test_edit_glow_end_to_end(tiny_run, tmp_path):
     assert record["unedited_reconstruction_max_abs_error"] == 0.0  # Glow's unedited column is exact
     assert record["direction"]["scale"] > 0
     assert sorted(p.name for p in (tiny_run / "directions").glob("*.npz"))  # directions saved for reuse
+
+
+def test_edit_glow_pose_cflow_edits_only_the_top_level_and_keeps_the_flow(tiny_run, tmp_path, monkeypatch):
+    pytest.importorskip("common.editing")
+    monkeypatch.setattr("common.editing.CONV_FLOW_EPOCHS", 2)  # a few small epochs: this checks the plumbing
+    monkeypatch.setattr("common.editing.CONV_FLOW_HIDDEN", 8)
+    out = tmp_path / "edits"
+    code, err = _run_in_process("scripts/edit_glow.py", [
+        "--run", str(tiny_run), "--attribute", "pose", "--method", "cflow", "--cache-images", "2", "--steps", "3",
+        "--out", str(out), "--device", "cpu"])
+    assert code == 0, err[-3000:]
+    record = json.loads((out / "pose-cflow.json").read_text())
+    assert record["method"] == "cflow" and record["unedited_reconstruction_max_abs_error"] == 0.0
+    assert (out / "pose-cflow.png").is_file() and (out / "pose-cflow.gif").is_file()
+    from common.directions import load_direction
+    from flow.glow import load_model_from_run
+
+    model = load_model_from_run(tiny_run)
+    direction = load_direction(tiny_run / "directions" / "pose-cflow")
+    flow = direction.transport
+    top = model.latent_sizes[-1]
+    assert flow.config()["shape"] == list(model.latent_shapes[-1]) and flow.config()["full_dim"] == model.latent_dim
+    z = model.sample_latents(3, torch.Generator().manual_seed(0)).double()
+    walked = flow.walk(z, [-1.0, 0.0, 1.0])  # [3, 3, D]: the lower level kept, the top level moved
+    assert torch.equal(walked[:, :, :-top], z[:, None, :-top].expand(-1, 3, -1)) and torch.equal(walked[:, 1], z)
 
 
 def test_edit_glow_rejects_a_non_glow_folder(tmp_path):
