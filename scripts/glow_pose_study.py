@@ -1,7 +1,7 @@
 """Where does pose live in a Glow's latents, and how close do pose edits get to a true head turn?
 
     python scripts/glow_pose_study.py --run runs/glow/synthetic [--cache DIR] [--max-images 8000] [--faces 8]
-        [--flow all:64 lv12:128 top:256 top:768] [--epochs 60] [--out RUN/pose_study.json]
+        [--flow all:64 lv12:128 top:256 top:768 top:conv lv12:conv] [--hidden 256] [--epochs 60] [--out RUN/pose_study.json]
 
 A study, not an edit: it needs a synthetic cache (the rendered head turns are the ground truth). It encodes up
 to ``--max-images`` training images and their mirrors (yaw negated), renders ``--faces`` of the evaluation's
@@ -13,8 +13,8 @@ frames, averaged over the non-frontal frames:
   so averaged over the inner frames only);
 - ``straight``: the regression direction (common.directions.regression_direction), what ``--method mean`` walks;
 - ``flow <part>:<k>``: the conditional latent flow (common.latent_flow) on the top ``k`` principal components of a
-  part of the latents (``all`` levels, ``lv12`` the two upper levels, ``top`` the top level); the rest of the
-  latent is kept;
+  part of the latents (``all`` levels, ``lv12`` the two upper levels, ``top`` the top level), or, ``<part>:conv``,
+  with convolutional couplings on that part laid out as maps of the top level's size; the rest of the latent is kept;
 - oracles, which use the true frame's own latents: that frame's level (or upper two levels) put into the frontal
   frame's latents,
   and the true displacement kept only on the top 64 / 128 / 256 principal components of all levels.
@@ -51,17 +51,20 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-images", type=int, default=8000, help="training images encoded (and mirrored)")
     p.add_argument("--faces", type=int, default=8, help="rendered head turns to compare with")
     p.add_argument("--flow", nargs="*", default=["all:64"], help="latent flows to fit, PART:K (PART: all, lv12, top)")
+    p.add_argument("--hidden", type=int, default=256, help="latent-flow hidden units (channels for :conv)")
     p.add_argument("--epochs", type=int, default=60, help="latent-flow epochs (early stopping on validation)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--out", default=None, help="JSON to write (default RUN/pose_study.json)")
     return p.parse_args()
 
 
-def parse_flow(spec: str, sizes: dict[str, int]) -> tuple[str, int]:
+def parse_flow(spec: str, sizes: dict[str, int]) -> tuple[str, int | str]:
     part, _, k = spec.partition(":")
+    if part in PARTS and k == "conv":
+        return part, k
     if part not in PARTS or not k.isdigit() or not 2 <= int(k) <= sizes[part]:
-        raise UserError(f"--flow {spec!r}: expected PART:K with PART one of {', '.join(PARTS)} and 2 <= K <= the "
-                        f"part's size ({', '.join(f'{n} {s}' for n, s in sizes.items())})")
+        raise UserError(f"--flow {spec!r}: expected PART:K or PART:conv with PART one of {', '.join(PARTS)} and "
+                        f"2 <= K <= the part's size ({', '.join(f'{n} {s}' for n, s in sizes.items())})")
     return part, int(k)
 
 
@@ -137,18 +140,27 @@ def main() -> int:
 
     mean = latents.mean(0)
     basis = {}  # part -> principal axes [d, d'] of that part, largest first
-    for part in {p for p, _ in flows} | {"all"}:
+    for part in {p for p, k in flows if k != "conv"} | {"all"}:
         sl = parts[part]
         basis[part] = np.linalg.svd(latents[:PCA_FIT_ROWS, sl] - mean[sl], full_matrices=False)[2].T
     fits = {}
+    levels = {"all": range(len(off) - 1), "lv12": range(len(off) - 3, len(off) - 1), "top": range(len(off) - 2, len(off) - 1)}
     for part, k in flows:
-        sl, axes = parts[part], basis[part][:, :k]
-        coords = (latents[:, sl] - mean[sl]) @ axes  # [2n, k]
-        flow, fit = fit_latent_flow(coords, score, epochs=args.epochs, progress=True)
-        start = (front[:, sl] - mean[sl]) @ axes  # [n, k]
-        walked = flow.walk(start, (target - target[centre]) / float(flow.c_std[0]))  # [n, S, k]
         edited = np.repeat(front[:, None], frames, 1)
-        edited[:, :, sl] += (walked - start[:, None]) @ axes.T
+        if k == "conv":
+            index, shape = model.level_maps(levels[part])
+            index = index.numpy()
+            flow, fit = fit_latent_flow(latents[:, index], score, hidden=args.hidden, epochs=args.epochs,
+                                        progress=True, shape=shape)
+            walked = flow.walk(front[:, index], (target - target[centre]) / float(flow.c_std[0]))  # [n, S, d]
+            edited[:, :, index] = walked
+        else:
+            sl, axes = parts[part], basis[part][:, :k]
+            coords = (latents[:, sl] - mean[sl]) @ axes  # [2n, k]
+            flow, fit = fit_latent_flow(coords, score, hidden=args.hidden, epochs=args.epochs, progress=True)
+            start = (front[:, sl] - mean[sl]) @ axes  # [n, k]
+            walked = flow.walk(start, (target - target[centre]) / float(flow.c_std[0]))  # [n, S, k]
+            edited[:, :, sl] += (walked - start[:, None]) @ axes.T
         rows[f"flow {part}:{k}"] = db(edited, f"flow {part}:{k}")
         fits[f"flow {part}:{k}"] = fit
     swaps = {f"level {i}": slice(int(off[i]), int(off[i + 1])) for i in range(len(model.latent_sizes))}

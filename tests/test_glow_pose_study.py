@@ -23,11 +23,11 @@ def glow_run(tiny_cache, tmp_path_factory) -> Path:
 def test_study_writes_every_row_with_consistent_numbers(glow_run, tmp_path):
     out = tmp_path / "study.json"
     code, err = run_script("glow_pose_study.py", "--run", str(glow_run), "--faces", "2", "--max-images", "64",
-                           "--flow", "top:8", "lv12:4", "--epochs", "2", "--out", str(out))
+                           "--flow", "top:8", "lv12:conv", "--hidden", "8", "--epochs", "2", "--out", str(out))
     assert code == 0, err[-2000:]
     result = json.loads(out.read_text())
     rows = result["psnr_db_non_frontal"]
-    expected = {"none", "cross-fade (inner frames)", "straight", "oracle upper two levels swapped in", "flow top:8", "flow lv12:4", *(
+    expected = {"none", "cross-fade (inner frames)", "straight", "oracle upper two levels swapped in", "flow top:8", "flow lv12:conv", *(
         f"oracle level {i} swapped in" for i in range(3)), *(
         f"oracle displacement on top {k} components" for k in (64, 128, 256))}
     assert set(rows) == expected
@@ -36,7 +36,7 @@ def test_study_writes_every_row_with_consistent_numbers(glow_run, tmp_path):
     assert result["faces"] == 2 and len(result["target_yaw"]) == result["frames"]
     shares = [result["displacement_share_on_top_components"][k] for k in ("64", "128", "256")]
     assert all(0 <= s <= 1 + 1e-9 for s in shares) and shares == sorted(shares)  # more components hold more
-    assert set(result["latent_flow_fits"]) == {"flow top:8", "flow lv12:4"}
+    assert set(result["latent_flow_fits"]) == {"flow top:8", "flow lv12:conv"}
     from PIL import Image
 
     with Image.open(out.with_suffix(".png")) as picture:  # 8 rows (2 faces x true turn, straight, 2 flows), 7 frames
