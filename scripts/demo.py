@@ -82,7 +82,7 @@ def edit_stages(name: str, script: str, run: str, method: str, source: tuple[str
                 subdir: str = "") -> list[Stage]:
     """Grids for one method: with the script's default source (encoded test images; random samples for the GAN),
     smile, smile with the mouth kept, and pose; with another ``source`` (in ``edits/<subdir>/``) smile and pose.
-    Pose grids use the evaluation's pose method (registry.POSE_METHODS: the VAE turns heads with cflow)."""
+    Pose grids use the evaluation's pose method (registry.POSE_METHODS: the VAE and Glow turn heads with cflow)."""
     out = f"{run}/edits" + (f"/{subdir}" if subdir else "")
     edits = (("Smiling", ()), ("pose", ())) if source else (
         ("Smiling", ()), ("Smiling", ("--keep", "Mouth_Slightly_Open")), ("pose", ()))

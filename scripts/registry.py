@@ -30,10 +30,11 @@ METHODS = ("vae", "glow", "pggan")
 TRAINING = {"vae": ("scripts/train_vae.py", "configs/vae", "mean"),
             "glow": ("scripts/train_glow.py", "configs/flow", "mean"),
             "pggan": ("scripts/train_pggan.py", "configs/interface_gan", "boundary")}
-# The pose edit the evaluation and the demo use, where it differs from the method's default: the VAE's poses lie
-# on curved paths, so its straight pose direction cross-fades and a conditional flow on the latents turns heads
-# (common/latent_flow.py; the turn check in scripts/evaluate.py measures both).
-POSE_METHODS = {"vae": "cflow"}
+# The pose edit the evaluation and the demo use, where it differs from the method's default: the VAE's and
+# Glow's poses lie on curved paths, so their straight pose directions cross-fade and a conditional flow on the
+# latents turns heads better (common/latent_flow.py; for Glow a convolutional one on the top level; the turn
+# check in scripts/evaluate.py measures both).
+POSE_METHODS = {"vae": "cflow", "glow": "cflow"}
 DEFAULT_PREDICTOR = "runs/predictor/synthetic"
 DEFAULT_GLOW_TEMPERATURE = 0.7  # as scripts/edit_glow.py: T = 1 samples of a small Glow are mostly noise
 

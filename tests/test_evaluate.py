@@ -110,11 +110,14 @@ def evaluation(tiny_cache, tmp_path_factory):
         else:
             problems[name] = problem
     out = root / "eval"
-    code, err = run_script("evaluate.py", "--runs", *map(str, runs), str(root / "missing"), "--judge",
-                           str(root / "judge"), "--predictor", str(root / "predictor"), "--num", "4",
-                           "--attributes", *ATTRIBUTES, "--steps", "3", "--range", "-2", "2", "--invert", "2",
-                           "--inversion-steps", "3", "--inversion-starts", "2", "--samples", "64", "--fd-images", "8", "--grid-rows", "2",
-                           "--out", str(out), "--device", "cpu", "--max-train-images", "64")
+    with pytest.MonkeyPatch.context() as patch:  # Glow's convolutional pose flow: a few small epochs here
+        patch.setattr("common.editing.CONV_FLOW_EPOCHS", 3)
+        patch.setattr("common.editing.CONV_FLOW_HIDDEN", 16)
+        code, err = run_script("evaluate.py", "--runs", *map(str, runs), str(root / "missing"), "--judge",
+                               str(root / "judge"), "--predictor", str(root / "predictor"), "--num", "4",
+                               "--attributes", *ATTRIBUTES, "--steps", "3", "--range", "-2", "2", "--invert", "2",
+                               "--inversion-steps", "3", "--inversion-starts", "2", "--samples", "64", "--fd-images", "8", "--grid-rows", "2",
+                               "--out", str(out), "--device", "cpu", "--max-train-images", "64")
     assert code == 0, err[-3000:]
     return {"out": out, "runs": runs, "problems": problems, "stderr": err}
 
@@ -171,13 +174,14 @@ def test_metrics_json_has_every_method_attribute_and_shape(evaluation):
         assert len(shares) == 3 and shares[0] >= shares[1] >= shares[2] >= 0 and sum(shares) <= 1 + 1e-6
         assert turn["path"]["chord"] > 0 and turn["path"]["middle_offset"] >= 0
         edits = turn["pose_edits"]  # the pose edits of the frontal frame, against the same true frames
-        expected = ["mean", "cflow"] if name == "vae" else ["mean"]
+        expected = ["mean", "cflow"]
         assert list(edits["methods"]) == expected and edits["from_frame_degrees"] == 0.0
         for edit in edits["methods"].values():
             assert len(edit["psnr_db"]) == 7 and edit["strengths"][3] == 0.0 and edit["mean_db_other_frames"] > 0
         assert edits["no_edit_mean_db_other_frames"] > 0 and edits["reconstruction_mean_db_other_frames"] > 0
-    if "vae" in methods:
-        assert methods["vae"]["attributes"]["pose"]["direction"]["method"] == "cflow"
+    for name in ("vae", "glow"):
+        if name in methods:
+            assert methods[name]["attributes"]["pose"]["direction"]["method"] == "cflow"
     if "pggan" in methods:
         assert "turn" not in methods["pggan"]  # inverting the turns' ends is opt-in (--turn-gan)
         assert methods["pggan"]["source"]["kind"] == "samples"
