@@ -20,7 +20,7 @@ IMAGES = {
     "vae_pose.png": "runs/vae/synthetic/edits/pose-cflow.png",
     "glow_smile.png": "runs/glow/synthetic/edits/Smiling-mean.png",
     "glow_smile_keep_mouth.png": "runs/glow/synthetic/edits/Smiling-keep-Mouth_Slightly_Open-mean.png",
-    "glow_pose.png": "runs/glow/synthetic/edits/pose-mean.png",
+    "glow_pose.png": "runs/glow/synthetic/edits/pose-cflow.png",
     "pggan_smile.png": "runs/pggan/synthetic/edits/Smiling-boundary.png",
     "pggan_pose.png": "runs/pggan/synthetic/edits/pose-boundary.png",
     "score_vs_strength.png": "runs/evaluation/images/score_vs_strength.png",
