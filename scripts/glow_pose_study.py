@@ -1,7 +1,8 @@
 """Where does pose live in a Glow's latents, and how close do pose edits get to a true head turn?
 
     python scripts/glow_pose_study.py --run runs/glow/synthetic [--cache DIR] [--max-images 8000] [--faces 8]
-        [--flow all:64 lv12:128 top:256 top:768 top:conv lv12:conv] [--hidden 256] [--epochs 60] [--out RUN/pose_study.json]
+        [--flow all:64 lv12:128 top:256 top:768 top:conv lv12:conv] [--hidden 256] [--epochs 60]
+        [--out RUN/pose_study.json]
 
 A study, not an edit: it needs a synthetic cache (the rendered head turns are the ground truth). It encodes up
 to ``--max-images`` training images and their mirrors (yaw negated), renders ``--faces`` of the evaluation's
@@ -50,7 +51,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--cache", default=None, help="prepared synthetic cache to fit on (default: the run's)")
     p.add_argument("--max-images", type=int, default=8000, help="training images encoded (and mirrored)")
     p.add_argument("--faces", type=int, default=8, help="rendered head turns to compare with")
-    p.add_argument("--flow", nargs="*", default=["all:64"], help="latent flows to fit, PART:K (PART: all, lv12, top)")
+    p.add_argument("--flow", nargs="*", default=["all:64"], help="latent flows to fit, PART:K or PART:conv (PART: all, lv12, top)")
     p.add_argument("--hidden", type=int, default=256, help="latent-flow hidden units (channels for :conv)")
     p.add_argument("--epochs", type=int, default=60, help="latent-flow epochs (early stopping on validation)")
     p.add_argument("--batch-size", type=int, default=256)
@@ -144,17 +145,16 @@ def main() -> int:
         sl = parts[part]
         basis[part] = np.linalg.svd(latents[:PCA_FIT_ROWS, sl] - mean[sl], full_matrices=False)[2].T
     fits = {}
-    levels = {"all": range(len(off) - 1), "lv12": range(len(off) - 3, len(off) - 1), "top": range(len(off) - 2, len(off) - 1)}
+    n_levels = len(model.latent_sizes)
+    levels = {"all": range(n_levels), "lv12": range(n_levels - 2, n_levels), "top": range(n_levels - 1, n_levels)}
     for part, k in flows:
-        edited = np.repeat(front[:, None], frames, 1)
-        if k == "conv":
+        if k == "conv":  # the edit's own path (common.editing.pose_latent_flow): walk whole latents, keep the rest
             index, shape = model.level_maps(levels[part])
-            index = index.numpy()
-            flow, fit = fit_latent_flow(latents[:, index], score, hidden=args.hidden, epochs=args.epochs,
-                                        progress=True, shape=shape)
-            walked = flow.walk(front[:, index], (target - target[centre]) / float(flow.c_std[0]))  # [n, S, d]
-            edited[:, :, index] = walked
+            flow, fit = fit_latent_flow(latents, score, hidden=args.hidden, epochs=args.epochs, progress=True,
+                                        shape=shape, index=index.numpy())
+            edited = flow.walk(front, (target - target[centre]) / float(flow.c_std[0]))  # [n, S, D]
         else:
+            edited = np.repeat(front[:, None], frames, 1)
             sl, axes = parts[part], basis[part][:, :k]
             coords = (latents[:, sl] - mean[sl]) @ axes  # [2n, k]
             flow, fit = fit_latent_flow(coords, score, hidden=args.hidden, epochs=args.epochs, progress=True)
