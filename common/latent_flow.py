@@ -55,8 +55,9 @@ class _ConvNet(nn.Module):
     the masked latent, the condition broadcast over the map and two coordinate maps -> [B, 2D].
 
     Its weights are shared across positions (the coordinate maps let it still treat the centre and the outline
-    differently), so it has a few percent of the dense network's parameters: what keeps a flow on a whole Glow
-    level from overfitting a CelebA-sized set of latents.
+    differently), so it has far fewer parameters than the dense network (Glow's 48 x 4 x 4 top level, 8 blocks:
+    1.5M at 128 channels against 5.3M at 256 units): what lets a flow on a whole Glow level learn from the demo's
+    16k latents instead of overfitting them.
     """
 
     def __init__(self, shape: tuple[int, int, int], cond_dim: int, hidden: int):
@@ -270,14 +271,11 @@ def fit_latent_flow(latents, conditions, blocks: int = 8, hidden: int = 256, epo
                               f"{tuple(z.shape)} and {tuple(c.shape)}")
     if len(z) < 20 or not (torch.isfinite(z).all() and torch.isfinite(c).all()):
         raise LatentFlowError(f"latent flow: need at least 20 finite latents to fit, got {len(z)}")
-    full_dim = z.shape[1]
-    if index is not None:
-        index = np.asarray(index, dtype=np.int64).reshape(-1)
-        if len(index) < 2 or index.min() < 0 or index.max() >= full_dim:
-            raise LatentFlowError(f"latent flow: index must hold at least 2 positions in 0..{full_dim - 1}")
-        z = z[:, torch.as_tensor(index)]
+    dim = z.shape[1] if index is None else len(np.asarray(index).reshape(-1))
     torch.manual_seed(seed)
-    flow = ConditionalLatentFlow(z.shape[1], c.shape[1], blocks, hidden, seed, shape, index, full_dim)
+    flow = ConditionalLatentFlow(dim, c.shape[1], blocks, hidden, seed, shape, index, z.shape[1])  # checks index
+    if index is not None:
+        z = z[:, flow.index]
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(z), generator=generator)
     n_val = max(1, int(round(val_fraction * len(z))))
