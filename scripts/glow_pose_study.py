@@ -2,7 +2,7 @@
 
     python scripts/glow_pose_study.py --run runs/glow/synthetic [--cache DIR] [--max-images 8000] [--faces 8]
         [--flow all:64 lv12:128 top:256 top:768 top:conv lv12:conv] [--hidden 256] [--epochs 60]
-        [--out RUN/pose_study.json]
+        [--condition yaw|colour|factors] [--out RUN/pose_study.json]
 
 A study, not an edit: it needs a synthetic cache (the rendered head turns are the ground truth). It encodes up
 to ``--max-images`` training images and their mirrors (yaw negated), renders ``--faces`` of the evaluation's
@@ -15,7 +15,11 @@ frames, averaged over the non-frontal frames:
 - ``straight``: the regression direction (common.directions.regression_direction), what ``--method mean`` walks;
 - ``flow <part>:<k>``: the conditional latent flow (common.latent_flow) on the top ``k`` principal components of a
   part of the latents (``all`` levels, ``lv12`` the two upper levels, ``top`` the top level), or, ``<part>:conv``,
-  with convolutional couplings on that part laid out as maps of the top level's size; the rest of the latent is kept;
+  with convolutional couplings on that part laid out as maps of the top level's size; the rest of the latent is kept.
+  ``--condition`` sets what the flows are conditioned on besides yaw: nothing (``yaw``), the image's colours
+  (``colour``: the mean RGB of its centre and of its border, label-free, so it would work on CelebA too) or every
+  other factor the synthetic faces were rendered with (``factors``: labels only the synthetic set has). The edit
+  moves yaw and keeps the other conditions where the latents' linear read-out puts them;
 - oracles, which use the true frame's own latents: that frame's level (or upper two levels) put into the frontal
   frame's latents,
   and the true displacement kept only on the top 64 / 128 / 256 principal components of all levels.
@@ -42,6 +46,7 @@ from common.cli import UserError, run_main  # noqa: E402
 
 PARTS = ("all", "lv12", "top")
 ORACLE_COMPONENTS = (64, 128, 256)
+CONDITIONS = ("yaw", "colour", "factors")
 PCA_FIT_ROWS = 6000  # principal components from this many latents: plenty for the top few hundred
 
 
@@ -54,6 +59,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--flow", nargs="*", default=["all:64"], help="latent flows to fit, PART:K or PART:conv (PART: all, lv12, top)")
     p.add_argument("--hidden", type=int, default=256, help="latent-flow hidden units (channels for :conv)")
     p.add_argument("--epochs", type=int, default=60, help="latent-flow epochs (early stopping on validation)")
+    p.add_argument("--condition", choices=CONDITIONS, default="yaw",
+                   help="what the flows are conditioned on: yaw alone, yaw and the image's colours, or yaw and "
+                        "every other synthetic factor")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--out", default=None, help="JSON to write (default RUN/pose_study.json)")
     return p.parse_args()
@@ -67,6 +75,39 @@ def parse_flow(spec: str, sizes: dict[str, int]) -> tuple[str, int | str]:
         raise UserError(f"--flow {spec!r}: expected PART:K or PART:conv with PART one of {', '.join(PARTS)} and "
                         f"2 <= K <= the part's size ({', '.join(f'{n} {s}' for n, s in sizes.items())})")
     return part, int(k)
+
+
+def colour_stats(images: np.ndarray) -> np.ndarray:
+    """uint8 [n, R, R, 3] -> [n, 6]: the mean RGB (0..1) of the central half of the image (mostly face) and of its
+    outer eighth (mostly background). Both are the same for a face and its mirror."""
+    pixels = np.asarray(images, dtype=np.float64) / 255.0
+    r = pixels.shape[1]
+    border = np.ones((r, r), dtype=bool)
+    width = max(1, r // 8)
+    border[width:-width, width:-width] = False
+    centre = pixels[:, r // 4:3 * r // 4, r // 4:3 * r // 4].mean((1, 2))
+    return np.concatenate([centre, pixels[:, border].mean(1)], axis=1)
+
+
+def conditions(kind: str, cache, positions: np.ndarray, yaw: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """The flows' conditions for the images at ``positions`` and then their mirrors: ([2n, K], K names), yaw first."""
+    from common.cache import MIRROR_ODD_FACTORS
+
+    y = np.asarray(yaw, dtype=np.float64)[positions]
+    names, plain, mirrored = ["yaw"], [y[:, None]], [-y[:, None]]
+    if kind == "colour":
+        stats = colour_stats(cache.images_uint8(positions))
+        names += [f"{region}_{c}" for region in ("centre", "border") for c in "rgb"]
+        plain.append(stats)
+        mirrored.append(stats)
+    elif kind == "factors":
+        factors = np.asarray(cache.labels()[2], dtype=np.float64)[positions]  # [n, F]
+        keep = [i for i, name in enumerate(cache.factor_names) if name != "yaw"]
+        sign = np.array([-1.0 if cache.factor_names[i] in MIRROR_ODD_FACTORS else 1.0 for i in keep])
+        names += [cache.factor_names[i] for i in keep]
+        plain.append(factors[:, keep])
+        mirrored.append(factors[:, keep] * sign)
+    return np.concatenate([np.concatenate(plain, 1), np.concatenate(mirrored, 1)]), names
 
 
 def main() -> int:
@@ -107,6 +148,8 @@ def main() -> int:
     latents = np.concatenate([_encode_positions(model, cache, pos, args.batch_size, True, mirror=m).double().numpy()
                               for m in (False, True)])  # [2n, D]
     score = np.concatenate([np.asarray(yaw)[pos], -np.asarray(yaw)[pos]]).astype(np.float64)
+    cond, cond_names = conditions(args.condition, cache, pos, yaw)  # [2n, K], yaw first (the column walked)
+    suffix = "" if args.condition == "yaw" else f" | {args.condition}"
 
     n = args.faces
     true = E.true_turns(n, model.resolution)  # [n, S, 3, R, R]
@@ -150,19 +193,19 @@ def main() -> int:
     for part, k in flows:
         if k == "conv":  # the edit's own path (common.editing.pose_latent_flow): walk whole latents, keep the rest
             index, shape = model.level_maps(levels[part])
-            flow, fit = fit_latent_flow(latents, score, hidden=args.hidden, epochs=args.epochs, progress=True,
+            flow, fit = fit_latent_flow(latents, cond, hidden=args.hidden, epochs=args.epochs, progress=True,
                                         shape=shape, index=index.numpy())
             edited = flow.walk(front, (target - target[centre]) / float(flow.c_std[0]))  # [n, S, D]
         else:
             edited = np.repeat(front[:, None], frames, 1)
             sl, axes = parts[part], basis[part][:, :k]
             coords = (latents[:, sl] - mean[sl]) @ axes  # [2n, k]
-            flow, fit = fit_latent_flow(coords, score, hidden=args.hidden, epochs=args.epochs, progress=True)
+            flow, fit = fit_latent_flow(coords, cond, hidden=args.hidden, epochs=args.epochs, progress=True)
             start = (front[:, sl] - mean[sl]) @ axes  # [n, k]
             walked = flow.walk(start, (target - target[centre]) / float(flow.c_std[0]))  # [n, S, k]
             edited[:, :, sl] += (walked - start[:, None]) @ axes.T
-        rows[f"flow {part}:{k}"] = db(edited, f"flow {part}:{k}")
-        fits[f"flow {part}:{k}"] = fit
+        rows[f"flow {part}:{k}{suffix}"] = db(edited, f"flow {part}:{k}{suffix}")
+        fits[f"flow {part}:{k}{suffix}"] = fit
     swaps = {f"level {i}": slice(int(off[i]), int(off[i + 1])) for i in range(len(model.latent_sizes))}
     for name, sl in {**swaps, "upper two levels": parts["lv12"]}.items():
         swapped = np.repeat(front[:, None], frames, 1)
@@ -176,6 +219,7 @@ def main() -> int:
              for k in ORACLE_COMPONENTS}
 
     result = {"run": str(run), "cache": str(cache_dir), "latents": len(latents), "faces": n, "frames": frames,
+              "flow_conditions": cond_names,
               "target_yaw": target.round(4).tolist(), "psnr_db_non_frontal": {k: round(v, 3) for k, v in rows.items()},
               "displacement_share_on_top_components": {str(k): round(v, 4) for k, v in share.items()},
               "latent_flow_fits": fits, "seconds": round(time.time() - started, 1)}

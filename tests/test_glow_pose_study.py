@@ -56,3 +56,38 @@ def test_bad_arguments_are_one_line_errors(glow_run, args, message):
 def test_a_folder_without_a_glow_checkpoint_is_a_one_line_error(tmp_path):
     code, err = run_script("glow_pose_study.py", "--run", str(tmp_path))
     assert code == 2 and "not a Glow run folder" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("condition, extra", [("colour", 6), ("factors", 20)])
+def test_flows_conditioned_on_more_than_yaw(glow_run, tmp_path, condition, extra):
+    out = tmp_path / "study.json"
+    code, err = run_script("glow_pose_study.py", "--run", str(glow_run), "--faces", "1", "--max-images", "64",
+                           "--flow", "top:8", "--hidden", "8", "--epochs", "1", "--condition", condition,
+                           "--out", str(out))
+    assert code == 0, err[-2000:]
+    result = json.loads(out.read_text())
+    names = result["flow_conditions"]
+    assert names[0] == "yaw" and len(names) == 1 + extra and "yaw" not in names[1:]
+    label = f"flow top:8 | {condition}"
+    assert label in result["psnr_db_non_frontal"] and math.isfinite(result["psnr_db_non_frontal"][label])
+    assert len(result["latent_flow_fits"][label]["readout_r2"]) == len(names)  # one read-out per condition
+
+
+def test_colour_stats_are_region_means_and_mirror_invariant():
+    import sys
+
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from glow_pose_study import colour_stats
+
+    images = np.zeros((2, 32, 32, 3), dtype=np.uint8)
+    images[0] = 255  # white everywhere
+    images[1, :, :, 0] = 51  # red channel 0.2 everywhere ...
+    images[1, 8:24, 8:24, 1] = 255  # ... and a green centre square (the central half exactly)
+    images[1, :, :16, 2] = 255  # blue on the left half only: breaks the mirror symmetry of the raw pixels
+    stats = colour_stats(images)
+    assert stats.shape == (2, 6)
+    np.testing.assert_allclose(stats[0], 1.0)
+    np.testing.assert_allclose(stats[1], [0.2, 1.0, 0.5, 0.2, 0.0, 0.5])  # centre RGB, border RGB
+    np.testing.assert_allclose(colour_stats(images[:, :, ::-1]), stats)  # a mirror keeps them
