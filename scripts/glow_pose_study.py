@@ -147,8 +147,8 @@ def main() -> int:
     started = time.time()
     latents = np.concatenate([_encode_positions(model, cache, pos, args.batch_size, True, mirror=m).double().numpy()
                               for m in (False, True)])  # [2n, D]
-    score = np.concatenate([np.asarray(yaw)[pos], -np.asarray(yaw)[pos]]).astype(np.float64)
     cond, cond_names = conditions(args.condition, cache, pos, yaw)  # [2n, K], yaw first (the column walked)
+    score = cond[:, 0]  # the yaw of each latent (negated for the mirrors)
     suffix = "" if args.condition == "yaw" else f" | {args.condition}"
 
     n = args.faces
