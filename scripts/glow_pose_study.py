@@ -89,8 +89,11 @@ def colour_stats(images: np.ndarray) -> np.ndarray:
     return np.concatenate([centre, pixels[:, border].mean(1)], axis=1)
 
 
-def conditions(kind: str, cache, positions: np.ndarray, yaw: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """The flows' conditions for the images at ``positions`` and then their mirrors: ([2n, K], K names), yaw first."""
+def conditions(kind: str, cache, positions: np.ndarray, yaw: np.ndarray,
+               factors: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """The flows' conditions for the images at ``positions`` and then their mirrors: ([2n, K], K names), yaw first.
+
+    ``yaw`` [N] and ``factors`` [N, F] are the split's labels (``cache.labels()``)."""
     from common.cache import MIRROR_ODD_FACTORS
 
     y = np.asarray(yaw, dtype=np.float64)[positions]
@@ -101,7 +104,7 @@ def conditions(kind: str, cache, positions: np.ndarray, yaw: np.ndarray) -> tupl
         plain.append(stats)
         mirrored.append(stats)
     elif kind == "factors":
-        factors = np.asarray(cache.labels()[2], dtype=np.float64)[positions]  # [n, F]
+        factors = np.asarray(factors, dtype=np.float64)[positions]  # [n, F]
         keep = [i for i, name in enumerate(cache.factor_names) if name != "yaw"]
         sign = np.array([-1.0 if cache.factor_names[i] in MIRROR_ODD_FACTORS else 1.0 for i in keep])
         names += [cache.factor_names[i] for i in keep]
@@ -140,14 +143,14 @@ def main() -> int:
         raise UserError(f"{cache_dir}: not a prepared synthetic cache (no factors.npy); the study needs the "
                         "synthetic set's rendered turns")
     cache = CelebACache(cache_dir, "train")
-    _, yaw, _ = cache.labels()
+    _, yaw, factors = cache.labels()
     pos = np.arange(len(yaw))
     if len(pos) > args.max_images:
         pos = np.sort(np.random.default_rng(0).choice(len(pos), args.max_images, replace=False))
     started = time.time()
     latents = np.concatenate([_encode_positions(model, cache, pos, args.batch_size, True, mirror=m).double().numpy()
                               for m in (False, True)])  # [2n, D]
-    cond, cond_names = conditions(args.condition, cache, pos, yaw)  # [2n, K], yaw first (the column walked)
+    cond, cond_names = conditions(args.condition, cache, pos, yaw, factors)  # [2n, K], yaw first (the column walked)
     score = cond[:, 0]  # the yaw of each latent (negated for the mirrors)
     suffix = "" if args.condition == "yaw" else f" | {args.condition}"
 
