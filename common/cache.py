@@ -1,7 +1,9 @@
 """The prepared cache: CelebA decoded once into a memory-mapped uint8 array, and the Dataset that reads it.
 
 ``prepare_cache`` crops every aligned 178x218 image to the 128x128 square centred at (x=89, y=121) (PGGAN's
-``dataset_tool`` CelebA crop, chin to forehead), resizes it with Lanczos to R x R and writes:
+``dataset_tool`` CelebA crop, chin to forehead), resizes it with Lanczos to R x R and writes what follows. A
+resized copy (89x109, or any size in CelebA's 178:218 frame) and CelebA's PNG copy are read alike: the crop box
+scales with the image, and the landmarks stay in the official 178x218 frame, as the label file gives them.
 
     images.u8        uint8 [N, R, R, 3], raw C-order bytes, opened with np.memmap (shape in the manifest)
     attributes.npy   int8 [N, 40] in {0, 1}        landmarks.npy  float32 [N, 10]
@@ -77,12 +79,45 @@ def prepare_command(root: str = "<CelebA folder>", resolution: int | str = "<R>"
 # ----------------------------------------------------------------------------------------------- images
 
 
+FRAME_TOLERANCE = 0.02  # how far (relative) a copy's width:height may be from 178:218 and still be CelebA's frame
+
+
+def check_celeba_frame(size: tuple[int, int]) -> str | None:
+    """Why an image of ``size`` (width, height) is not CelebA's aligned frame at some scale (None when it is)."""
+    width, height = size
+    ratio = (width / height) / (CELEBA_SIZE[0] / CELEBA_SIZE[1]) if height else 0.0
+    if abs(ratio - 1) > FRAME_TOLERANCE:
+        return (f"expected an aligned image in CelebA's 178:218 frame (178x218, or resized alike, e.g. 89x109), "
+                f"got {width}x{height}")
+    return None
+
+
+def crop_box_for(size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """``CROP_BOX`` scaled to an aligned image of ``size`` (a resized copy of CelebA), in its pixels."""
+    sx, sy = size[0] / CELEBA_SIZE[0], size[1] / CELEBA_SIZE[1]
+    return (CROP_BOX[0] * sx, CROP_BOX[1] * sy, CROP_BOX[2] * sx, CROP_BOX[3] * sy)
+
+
+def crop_side(size: tuple[int, int]) -> float:
+    """How many source pixels the face crop spans in an aligned image of ``size`` (128 at full size)."""
+    return CROP_SIZE * min(size[0] / CELEBA_SIZE[0], size[1] / CELEBA_SIZE[1])
+
+
 def crop_and_resize(image: Image.Image, resolution: int) -> np.ndarray:
-    """An aligned 178x218 CelebA image -> uint8 [R, R, 3]: the 128x128 face crop, Lanczos-resized to R."""
+    """An aligned CelebA image -> uint8 [R, R, 3]: the 128x128 face crop, Lanczos-resized to R.
+
+    At 178x218 the crop is cut out and resized; a resized copy (any size in CelebA's frame) has the same box
+    scaled to its pixels, resampled straight from the image (the box may fall between pixels), so both give the
+    same face.
+    """
+    reason = check_celeba_frame(image.size)
+    if reason:
+        raise ValueError(reason)
+    image = image.convert("RGB")
     if image.size != CELEBA_SIZE:
-        raise ValueError(f"expected an aligned {CELEBA_SIZE[0]}x{CELEBA_SIZE[1]} image (img_align_celeba), "
-                         f"got {image.size[0]}x{image.size[1]}")
-    face = image.convert("RGB").crop(CROP_BOX)
+        face = image.resize((resolution, resolution), Image.LANCZOS, box=crop_box_for(image.size))
+        return np.array(face, dtype=np.uint8)  # [R, R, 3]
+    face = image.crop(CROP_BOX)
     if resolution != CROP_SIZE:
         face = face.resize((resolution, resolution), Image.LANCZOS)
     return np.array(face, dtype=np.uint8)  # [R, R, 3], a writable copy
@@ -156,25 +191,57 @@ def load_user_image(path: str | os.PathLike, resolution: int) -> torch.Tensor:
     return uint8_to_model(crop_and_resize(to_celeba_frame(image), resolution))  # [3, R, R]
 
 
-def _decode_one(path: Path, resolution: int) -> np.ndarray:
+class _SizeMismatch(ValueError):
+    """An image whose size differs from the folder's first one (mixed sizes are never skipped)."""
+
+
+def _decode_one(path: Path, resolution: int, source_size: tuple[int, int] | None = None) -> np.ndarray:
     with Image.open(path) as image:
+        if source_size is not None and image.size != tuple(source_size):
+            raise _SizeMismatch(f"image is {image.size[0]}x{image.size[1]} but the folder's first image is "
+                                f"{source_size[0]}x{source_size[1]}; expected one size for the whole folder")
         image.load()  # forces the full decode, so a truncated JPEG fails here rather than silently
         return crop_and_resize(image, resolution)
 
 
-def _decode_chunk(task: tuple) -> tuple[int, list[tuple[int, str]]]:
-    """Worker: decode images ``start..start+len(names)`` straight into the memmap; returns (count, failures)."""
-    image_dir, names, start, images_path, shape, resolution = task
+def _decode_chunk(task: tuple) -> tuple[int, list[tuple[int, str]], list[tuple[int, str]]]:
+    """Worker: decode images ``start..start+len(names)`` straight into the memmap.
+
+    Returns (count, failures, size mismatches), each failure ``(row, message)``.
+    """
+    image_dir, names, start, images_path, shape, resolution, source_size = task
     images = np.memmap(images_path, dtype=np.uint8, mode="r+", shape=shape)
-    failures = []
+    failures, mismatches = [], []
     for offset, name in enumerate(names):
         try:
-            images[start + offset] = _decode_one(Path(image_dir) / name, resolution)
+            images[start + offset] = _decode_one(Path(image_dir) / name, resolution, source_size)
+        except _SizeMismatch as exc:
+            mismatches.append((start + offset, f"{exc}"))
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             failures.append((start + offset, f"{exc}"))
     images.flush()
     del images
-    return len(names), failures
+    return len(names), failures, mismatches
+
+
+def probe_source(image_dir: Path, name: str, resolution: int, upscale: bool) -> tuple[tuple[int, int], str]:
+    """The size (width, height) and format of a folder's images, read from its first one, checked against
+    CelebA's frame and against ``resolution`` (which may not exceed the crop's source pixels unless ``upscale``)."""
+    path = Path(image_dir) / name
+    try:
+        with Image.open(path) as image:
+            size, fmt = image.size, (image.format or path.suffix.lstrip(".")).lower()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise CelebAFormatError(f"{path}:0: cannot read the image ({exc}); expected a CelebA JPEG or PNG") from None
+    reason = check_celeba_frame(size)
+    if reason:
+        raise CelebAFormatError(f"{path}:0: {reason}")
+    side = crop_side(size)
+    if resolution > round(side) and not upscale:
+        raise UserError(f"{path}: the images are {size[0]}x{size[1]}, whose face crop is {side:g}x{side:g} pixels, "
+                        f"so --resolution {resolution} would enlarge them; expected --resolution {int(side)} or "
+                        "less, or --upscale to enlarge on purpose")
+    return size, {"jpeg": "jpg"}.get(fmt, fmt)
 
 
 # ----------------------------------------------------------------------------------------------- preparing
@@ -196,7 +263,8 @@ def read_manifest(cache_dir: str | os.PathLike) -> dict | None:
         return None
 
 
-def _reuse_reason(out: Path, resolution: int, checksums: dict[str, str], skip_bad: bool) -> str | None:
+def _reuse_reason(out: Path, resolution: int, checksums: dict[str, str], skip_bad: bool, only_present: bool = False,
+                  upscale: bool = False) -> str | None:
     """Why the cache at ``out`` cannot be reused (None when it can)."""
     manifest = read_manifest(out)
     if manifest is None:
@@ -211,6 +279,10 @@ def _reuse_reason(out: Path, resolution: int, checksums: dict[str, str], skip_ba
         return "the label files changed"
     if manifest.get("skipped") and not skip_bad:
         return "it skipped bad images and --skip-bad is not set"
+    if manifest.get("missing", {}).get("count") and not only_present:
+        return "it left out images missing from the folder and --only-present is not set"
+    if manifest.get("upscaled") and not upscale:
+        return "it enlarged the source images and --upscale is not set"
     return None
 
 
@@ -250,23 +322,26 @@ def _pool_context():
 
 
 def _decode_all(index, images_path: Path, shape: tuple, resolution: int, workers: int, skip_bad: bool,
-                progress: bool) -> list[tuple[int, str]]:
+                progress: bool, source_size: tuple[int, int] | None = None) -> list[tuple[int, str]]:
     from tqdm import tqdm
 
-    names = index.filenames
-    tasks = [(str(index.image_dir), names[s:s + CHUNK], s, str(images_path), shape, resolution)
+    names = index.image_files
+    tasks = [(str(index.image_dir), names[s:s + CHUNK], s, str(images_path), shape, resolution, source_size)
              for s in range(0, len(names), CHUNK)]
     failures: list[tuple[int, str]] = []
     bar = tqdm(total=len(names), unit="img", desc=f"decoding {resolution}x{resolution}", disable=not progress,
                dynamic_ncols=True)
 
-    def take(done: int, failed: list) -> None:
+    def take(done: int, failed: list, mismatched: list) -> None:
         bar.update(done)
+        if mismatched:
+            i, message = min(mismatched)
+            raise CelebAFormatError(f"{index.image_dir / names[i]}:0: {message}")
         failures.extend(failed)
         if failed and not skip_bad:
             i, message = min(failed)
             raise CelebAFormatError(f"{index.image_dir / names[i]}:0: cannot decode the image ({message}); expected "
-                                    "a readable 178x218 JPEG (use --skip-bad to leave such files out)")
+                                    "a readable aligned CelebA JPEG or PNG (use --skip-bad to leave such files out)")
 
     try:
         if workers <= 1 or len(tasks) <= 1:
@@ -287,8 +362,14 @@ def _save_npy(folder: Path, name: str, array: np.ndarray) -> None:
 
 def prepare_cache(root: str | os.PathLike, resolution: int, out: str | os.PathLike | None = None, workers: int = 2,
                   skip_bad: bool = False, progress: bool = True,
-                  log: Callable[[str], None] | None = print) -> Path:
-    """Decode CelebA under ``root`` once into a cache folder (``out`` or ``default_cache_dir``); returns it."""
+                  log: Callable[[str], None] | None = print, only_present: bool = False,
+                  upscale: bool = False) -> Path:
+    """Decode CelebA under ``root`` once into a cache folder (``out`` or ``default_cache_dir``); returns it.
+
+    Any copy in CelebA's aligned frame is read (178x218, a resized copy such as 89x109, JPEG or PNG); its face
+    crop scales with it. ``resolution`` may not exceed the crop's source pixels unless ``upscale``; images the
+    label files list but the folder lacks are an error unless ``only_present``.
+    """
     if resolution < 4 or resolution > 1024:
         raise UserError(f"--resolution {resolution}: expected an image size between 4 and 1024 (e.g. 32, 64, 128)")
     say = log or (lambda message: None)
@@ -297,7 +378,7 @@ def prepare_cache(root: str | os.PathLike, resolution: int, out: str | os.PathLi
     layout = find_layout(root)
     say(f"found {layout.describe()}")
     checksums = {path.name: _sha256(path) for path in layout.label_files}
-    reason = _reuse_reason(out, resolution, checksums, skip_bad)
+    reason = _reuse_reason(out, resolution, checksums, skip_bad, only_present, upscale)
     if out.exists() and reason is None:
         say(f"cache {out} is complete and matches the labels and resolution {resolution}: reusing it")
         return out
@@ -306,7 +387,11 @@ def prepare_cache(root: str | os.PathLike, resolution: int, out: str | os.PathLi
         say(f"cache {out} is stale ({reason}): rebuilding it")
 
     start_time = time.time()
-    index = read_celeba(root, check_images=True)
+    index = read_celeba(root, check_images=True, only_present=only_present)
+    if index.missing:
+        say(f"--only-present: {len(index.missing)} of {index.listed} listed images are not in {index.image_dir} "
+            f"(first: {', '.join(index.missing[:3])}); preparing the {len(index)} that are")
+    source_size, source_format = probe_source(index.image_dir, index.image_files[0], resolution, upscale)
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(out)
     partial = out.parent / f".{out.name}.partial-{os.getpid()}-{int(start_time)}"
@@ -315,7 +400,7 @@ def prepare_cache(root: str | os.PathLike, resolution: int, out: str | os.PathLi
         shape = (len(index), resolution, resolution, 3)
         images_path = partial / "images.u8"
         np.memmap(images_path, dtype=np.uint8, mode="w+", shape=shape).flush()  # sized file the workers fill
-        failures = _decode_all(index, images_path, shape, resolution, workers, skip_bad, progress)
+        failures = _decode_all(index, images_path, shape, resolution, workers, skip_bad, progress, source_size)
         keep = np.ones(len(index), dtype=bool)
         keep[[i for i, _ in failures]] = False
         if not keep.any():
@@ -350,7 +435,10 @@ def prepare_cache(root: str | os.PathLike, resolution: int, out: str | os.PathLi
             "layout": layout.name,
             "layout_description": layout.describe(),
             "resolution": resolution,
-            "crop_box": list(CROP_BOX),
+            "source_size": list(source_size),
+            "source_format": source_format,
+            "crop_box": [round(v, 4) for v in crop_box_for(source_size)],  # in the source's pixels
+            "upscaled": resolution > round(crop_side(source_size)),
             "resize": "lanczos",
             "image_file": "images.u8",
             "image_shape": list(shape),
@@ -361,6 +449,7 @@ def prepare_cache(root: str | os.PathLike, resolution: int, out: str | os.PathLi
             "has_identity": index.identity is not None,
             "label_sha256": checksums,
             "skipped": [{"file": index.filenames[i], "error": message} for i, message in failures],
+            "missing": {"count": len(index.missing), "of": index.listed, "first": index.missing[:20]},
             "seconds": round(time.time() - start_time, 2),
         }
         # The manifest is written last: a folder without it is never taken for a complete cache.

@@ -36,6 +36,7 @@ LANDMARK_NAMES: tuple[str, ...] = (
 )
 BBOX_NAMES: tuple[str, ...] = ("x_1", "y_1", "width", "height")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+IMAGE_FOLDERS = ("img_align_celeba", "img_align_celeba_png")
 
 # Base names of the label files; the official layout adds ".txt", the Kaggle one ".csv".
 ATTR, PARTITION, LANDMARKS, BBOX, IDENTITY, FACTORS = (
@@ -88,11 +89,12 @@ def _layout_at(base: Path, name: str) -> CelebALayout | None:
     ext = ".csv" if name == "kaggle" else ".txt"
     if not (base / (ATTR + ext)).is_file():
         return None
-    image_dir = base / "img_align_celeba"
-    if name == "kaggle" and (image_dir / "img_align_celeba").is_dir():
-        image_dir = image_dir / "img_align_celeba"  # the Kaggle zip nests the folder in itself
-    if not image_dir.is_dir():
+    # CelebA's own PNG distribution names its folder img_align_celeba_png (its label files still say .jpg)
+    image_dir = next((base / folder for folder in IMAGE_FOLDERS if (base / folder).is_dir()), None)
+    if image_dir is None:
         return None
+    if name == "kaggle" and (image_dir / image_dir.name).is_dir():
+        image_dir = image_dir / image_dir.name  # the Kaggle zip nests the folder in itself
     files = {key: base / (key + ext) for key in (*REQUIRED, *OPTIONAL) if (base / (key + ext)).is_file()}
     missing = [key + ext for key in REQUIRED if key not in files]
     if missing:
@@ -361,6 +363,28 @@ class CelebAIndex:
     factors: np.ndarray | None = None  # [N, F] float32 (synthetic set only)
     factor_names: list[str] = field(default_factory=list)
     description: str = ""
+    image_files: list[str] = field(default_factory=list)  # [N] names on disk (000001.png where labels say .jpg)
+    missing: list[str] = field(default_factory=list)  # listed images left out by only_present (label names)
+    listed: int = 0  # images the label files list (len(self) + len(self.missing))
+
+    def __post_init__(self):
+        if not self.image_files:
+            self.image_files = list(self.filenames)
+        self.listed = self.listed or len(self.filenames) + len(self.missing)
+
+    def subset(self, keep: np.ndarray) -> CelebAIndex:
+        """The rows where ``keep`` (bool [N]) is True, every label array sliced alike."""
+        def rows(array):
+            return None if array is None else array[keep]
+
+        picked = np.flatnonzero(keep)
+        return CelebAIndex(
+            filenames=[self.filenames[i] for i in picked], attributes=self.attributes[keep],
+            landmarks=self.landmarks[keep], partition=self.partition[keep], identity=rows(self.identity),
+            bbox=rows(self.bbox), image_dir=self.image_dir, layout=self.layout, label_files=self.label_files,
+            factors=rows(self.factors), factor_names=self.factor_names, description=self.description,
+            image_files=[self.image_files[i] for i in picked],
+            missing=self.missing + [self.filenames[i] for i in np.flatnonzero(~keep)], listed=self.listed)
 
     def __len__(self) -> int:
         return len(self.filenames)
@@ -390,11 +414,13 @@ def _align(reference: LabelTable, other: LabelTable) -> np.ndarray:
     return other.values[np.array([position[name] for name in reference.filenames], dtype=np.int64)]
 
 
-def read_celeba(root: str | os.PathLike, check_images: bool = True) -> CelebAIndex:
+def read_celeba(root: str | os.PathLike, check_images: bool = True, only_present: bool = False) -> CelebAIndex:
     """Read every label file of the CelebA copy under ``root`` (layout detected by ``find_layout``).
 
     Rows follow ``list_attr_celeba``'s order; every other file must list exactly the same images. With
-    ``check_images`` each listed image must exist in the image folder.
+    ``check_images`` each listed image must exist in the image folder (``000001.png`` stands for a listed
+    ``000001.jpg``, as in CelebA's PNG distribution); a partial copy is an error unless ``only_present``, which
+    keeps the rows whose image is there and records the others in ``missing``.
     """
     layout = find_layout(root)
     files = layout.files
@@ -409,23 +435,46 @@ def read_celeba(root: str | os.PathLike, check_images: bool = True) -> CelebAInd
     if FACTORS in files:
         table = parse_factors_file(files[FACTORS])
         factors, factor_names = _align(attr, table), list(table.columns)
+    index = CelebAIndex(filenames=attr.filenames, attributes=attr.values, landmarks=landmarks, partition=partition,
+                        identity=identity, bbox=bbox, image_dir=layout.image_dir, layout=layout.name,
+                        label_files=layout.label_files, factors=factors, factor_names=factor_names,
+                        description=layout.describe())
     if check_images:
-        check_images_exist(layout.image_dir, attr)
-    return CelebAIndex(filenames=attr.filenames, attributes=attr.values, landmarks=landmarks, partition=partition,
-                       identity=identity, bbox=bbox, image_dir=layout.image_dir, layout=layout.name,
-                       label_files=layout.label_files, factors=factors, factor_names=factor_names,
-                       description=layout.describe())
+        index.image_files, present = find_image_files(layout.image_dir, attr, only_present)
+        if not present.all():
+            index = index.subset(present)
+    return index
 
 
-def check_images_exist(image_dir: Path, table: LabelTable) -> None:
-    """Every image listed in ``table`` must be in ``image_dir`` (one directory listing, fast for 200k files)."""
+def find_image_files(image_dir: Path, table: LabelTable, only_present: bool = False) -> tuple[list[str], np.ndarray]:
+    """The file on disk of each image ``table`` lists, and which are there (bool [N]).
+
+    One directory listing (fast for 200k files). A listed ``000001.jpg`` is found as itself or, failing that, as
+    the same stem with another image extension (CelebA's PNG copy keeps ``.jpg`` in its label files). Images
+    that are not there are an error naming how many and the first few, unless ``only_present``.
+    """
     on_disk = set(os.listdir(image_dir))
-    missing = [i for i, name in enumerate(table.filenames) if name not in on_disk]
-    if missing:
-        first = missing[0]
+    by_stem: dict[str, str] = {}
+    for name in on_disk:
+        stem, ext = os.path.splitext(name)
+        if ext.lower() in IMAGE_EXTENSIONS:
+            by_stem.setdefault(stem, name)
+    files = [name if name in on_disk else by_stem.get(os.path.splitext(name)[0], "") for name in table.filenames]
+    present = np.array([bool(name) for name in files], dtype=bool)
+    missing = np.flatnonzero(~present)
+    if len(missing) == len(files):
+        first = int(missing[0])
         raise CelebAFormatError(f"{table.path}:{table.lines[first]}: image {table.filenames[first]!r} is listed but "
-                                f"not in {image_dir} ({len(missing)} of {len(table.filenames)} listed images are "
-                                "missing)")
+                                f"not in {image_dir}, nor is any other of the {len(files)} listed images; expected "
+                                "the images the label files name (000001.jpg or .png, ...)")
+    if len(missing) and not only_present:
+        first = int(missing[0])
+        shown = ", ".join(table.filenames[i] for i in missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise CelebAFormatError(f"{table.path}:{table.lines[first]}: image {table.filenames[first]!r} is listed but "
+                                f"not in {image_dir} ({len(missing)} of {len(files)} listed images are missing: "
+                                f"{shown}); a partial download? --only-present goes on with the "
+                                f"{len(files) - len(missing)} that are there")
+    return files, present
 
 
 # ----------------------------------------------------------------------------------------------- yaw

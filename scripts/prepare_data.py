@@ -1,8 +1,10 @@
 """Decode CelebA (or the synthetic stand-in) once into the fast prepared cache that every training reads.
 
     python scripts/prepare_data.py --root data/celeba --resolution 64 [--out DIR] [--workers 2] [--skip-bad]
+        [--only-present] [--upscale]
 
-The layout (official, torchvision's ``celeba/`` level, or Kaggle's CSV files) is detected and printed. The
+The layout (official, torchvision's ``celeba/`` level, or Kaggle's CSV files) is detected and printed. A resized
+copy (e.g. 89x109) or CelebA's PNG copy is read as it is: the face crop scales with the images. The
 cache goes to ``data/cache/<root name>_<R>`` unless ``--out`` is given; a complete cache built from the same
 label files at the same resolution is reused, a stale one is rebuilt. See ``common/cache.py`` for the format.
 """
@@ -27,12 +29,17 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="decoding processes (default 2)")
     parser.add_argument("--skip-bad", action="store_true",
                         help="leave out unreadable images (recorded in manifest.json) instead of stopping")
+    parser.add_argument("--only-present", action="store_true",
+                        help="go on with the listed images the folder holds (a partial download; recorded in the "
+                             "manifest) instead of stopping")
+    parser.add_argument("--upscale", action="store_true",
+                        help="allow a --resolution above the face crop's source pixels (64 from an 89x109 copy)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args()
     if args.workers < 1:
         raise UserError(f"--workers {args.workers}: expected at least 1")
     prepare_cache(args.root, args.resolution, out=args.out, workers=args.workers, skip_bad=args.skip_bad,
-                  progress=not args.no_progress)
+                  progress=not args.no_progress, only_present=args.only_present, upscale=args.upscale)
     return 0
 
 

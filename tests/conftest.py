@@ -18,6 +18,7 @@ from common.attributes import CELEBA_ATTRIBUTES
 from common.celeba import LANDMARK_NAMES
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_REAL = Path(__file__).resolve().parents[2] / "shared" / "celeba-real"  # real CelebA photos, never committed
 TINY_NUM, TINY_SEED, TINY_RESOLUTION = 160, 0, 32
 
 
@@ -113,3 +114,30 @@ def tiny_cache(tiny_celeba_root, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("tiny_cache") / f"synthetic_{TINY_RESOLUTION}"
     return prepare_cache(tiny_celeba_root, TINY_RESOLUTION, out=out, workers=1, progress=False, log=None)
+
+
+@pytest.fixture(scope="session")
+def real_half10k() -> Path:
+    """``../shared/celeba-real/half10k`` (10,000 real CelebA images at half size, official labels); skips if absent."""
+    root = SHARED_REAL / "half10k"
+    if not (root / "list_attr_celeba.txt").is_file():
+        pytest.skip(f"real CelebA photos not found at {root} (they live outside the repository)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def real_identities() -> Path:
+    """``../shared/celeba-real/identities`` (5,400 full-size photos of 200 people); skips if absent."""
+    root = SHARED_REAL / "identities"
+    if not (root / "identity_CelebA.txt").is_file():
+        pytest.skip(f"real CelebA photos not found at {root} (they live outside the repository)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def real_cache64(real_half10k, tmp_path_factory) -> Path:
+    """The half10k set prepared at 64x64 (about 3 s), once per session."""
+    from common.cache import prepare_cache
+
+    out = tmp_path_factory.mktemp("real") / "half10k_64"
+    return prepare_cache(real_half10k, 64, out=out, workers=2, progress=False, log=None)

@@ -63,7 +63,7 @@ def test_crop_is_the_128_square_centred_at_89_121():
     assert small.shape == (32, 32, 3)
     # Lanczos on a linear ramp: pixel j of 32 covers source x 25 + 4j .. 29 + 4j, centre 27 + 4j
     np.testing.assert_allclose(small[5, :, 0].astype(float), 25 + 4 * np.arange(32) + 1.5, atol=1.5)
-    with pytest.raises(ValueError, match="expected an aligned 178x218 image .* got 200x200"):
+    with pytest.raises(ValueError, match=r"expected an aligned image in CelebA.s 178:218 frame .* got 200x200"):
         crop_and_resize(Image.new("RGB", (200, 200)), 32)
 
 
@@ -211,7 +211,7 @@ def test_corrupt_jpeg_stops_or_is_skipped(tmp_path, celeba_writer, monkeypatch):
 def test_wrong_image_size_is_reported(tmp_path, celeba_writer):
     root = celeba_writer(tmp_path / "celeba", num=3)
     Image.new("RGB", (500, 400)).save(root / "img_align_celeba" / "000002.jpg")
-    with pytest.raises(CelebAFormatError, match=r"000002.jpg:0: cannot decode .*expected an aligned 178x218"):
+    with pytest.raises(CelebAFormatError, match=r"000002.jpg:0: image is 500x400 but the folder.s first image is 178x218"):
         prepare_cache(root, 8, out=tmp_path / "c", workers=1, progress=False, log=None)
 
 
@@ -347,3 +347,124 @@ def test_hflip_negates_the_mirror_odd_synthetic_factors(tiny_cache):
             assert torch.equal(b["factors"][odd], -a["factors"][odd])  # a mirror turns the head and the light
             assert torch.equal(b["factors"][even], a["factors"][even])  # and leaves the smile alone
     assert flips > len(plain) // 4
+
+
+# ----------------------------------------------------------------------------------------------- copies people have
+
+
+def _copy_tree(root: Path, out: Path, convert) -> Path:
+    """A copy of a CelebA folder whose images pass through ``convert(image, name) -> (image, new name)``."""
+    import shutil
+
+    shutil.copytree(root, out, ignore=shutil.ignore_patterns("img_align_celeba"))
+    images_out = out / "img_align_celeba"
+    images_out.mkdir()
+    for path in sorted((root / "img_align_celeba").iterdir()):
+        with Image.open(path) as image:
+            image.load()
+            converted, name = convert(image, path.name)
+        converted.save(images_out / name)
+    return out
+
+
+@pytest.fixture(scope="module")
+def face_root(tmp_path_factory) -> Path:
+    from common.synthetic import write_synthetic_celeba
+
+    return Path(write_synthetic_celeba(tmp_path_factory.mktemp("faces") / "synthetic", 24, 3))
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-12)))
+
+
+def test_a_half_size_copy_gives_the_same_faces(face_root, tmp_path):
+    half = _copy_tree(face_root, tmp_path / "half",
+                      lambda image, name: (image.resize((89, 109), Image.LANCZOS), name.replace(".jpg", ".png")))
+    full_cache = prepare_cache(face_root, 32, out=tmp_path / "full_32", workers=1, progress=False, log=None)
+    half_cache = prepare_cache(half, 32, out=tmp_path / "half_32", workers=1, progress=False, log=None)
+    full, halved = CelebACache(full_cache, "all"), CelebACache(half_cache, "all")
+    assert len(full) == len(halved) == 24
+    psnrs = [_psnr(full.images_uint8([i])[0], halved.images_uint8([i])[0]) for i in range(24)]
+    assert min(psnrs) > 35, psnrs  # the same crop, scaled: not a shifted or differently framed face
+    np.testing.assert_array_equal(np.load(full_cache / "landmarks.npy"), np.load(half_cache / "landmarks.npy"))
+    manifest = read_manifest(half_cache)
+    assert manifest["source_size"] == [89, 109] and manifest["source_format"] == "png"
+    assert manifest["crop_box"] == [12.5, 28.5, 76.5, 92.5] and manifest["upscaled"] is False
+    assert read_manifest(full_cache)["source_size"] == [178, 218]
+
+
+def test_the_png_distribution_is_read_with_labels_naming_jpgs(face_root, tmp_path):
+    png = _copy_tree(face_root, tmp_path / "png", lambda image, name: (image.convert("RGB"), name[:-4] + ".png"))
+    (png / "img_align_celeba").rename(png / "img_align_celeba_png")  # the folder name of CelebA's PNG copy
+    jpg_cache = prepare_cache(face_root, 16, out=tmp_path / "jpg_16", workers=1, progress=False, log=None)
+    png_cache = prepare_cache(png, 16, out=tmp_path / "png_16", workers=1, progress=False, log=None)
+    # the PNGs hold the JPEGs' decoded pixels, so the caches agree byte for byte, and keep the labels' names
+    np.testing.assert_array_equal(CelebACache(jpg_cache, "all").images, CelebACache(png_cache, "all").images)
+    assert (png_cache / "filenames.txt").read_text().splitlines()[0] == "000001.jpg"
+    assert read_manifest(png_cache)["source_format"] == "png"
+
+
+def test_resolution_above_the_source_crop_needs_upscale(face_root, tmp_path):
+    half = _copy_tree(face_root, tmp_path / "half", lambda image, name: (image.resize((89, 109), Image.LANCZOS), name))
+    with pytest.raises(UserError, match=r"000001.jpg: the images are 89x109, whose face crop is 64x64 pixels, so "
+                                        r"--resolution 128 would enlarge them; expected --resolution 64 or less"):
+        prepare_cache(half, 128, out=tmp_path / "c", workers=1, progress=False, log=None)
+    assert not (tmp_path / "c").exists()
+    out = prepare_cache(half, 128, out=tmp_path / "c", workers=1, progress=False, log=None, upscale=True)
+    assert read_manifest(out)["upscaled"] is True and CelebACache(out, "all").images.shape == (24, 128, 128, 3)
+
+
+def test_mixed_sizes_and_foreign_frames_name_the_file(tmp_path, celeba_writer):
+    root = celeba_writer(tmp_path / "mixed", num=4)
+    with Image.open(root / "img_align_celeba" / "000003.jpg") as image:
+        image.resize((89, 109)).save(root / "img_align_celeba" / "000003.jpg")
+    with pytest.raises(CelebAFormatError, match=r"000003.jpg:0: image is 89x109 but the folder's first image is "
+                                                r"178x218; expected one size"):
+        prepare_cache(root, 8, out=tmp_path / "c", workers=1, progress=False, log=None, skip_bad=True)
+    wide = celeba_writer(tmp_path / "wide", num=3)
+    for path in (wide / "img_align_celeba").iterdir():
+        Image.new("RGB", (218, 178)).save(path)
+    with pytest.raises(CelebAFormatError, match=r"000001.jpg:0: expected an aligned image in CelebA's 178:218 frame "
+                                                r".*got 218x178"):
+        prepare_cache(wide, 8, out=tmp_path / "c2", workers=1, progress=False, log=None)
+    assert not (tmp_path / "c").exists() and not (tmp_path / "c2").exists()
+
+
+def test_a_partial_download_is_named_and_only_present_goes_on(tmp_path, celeba_writer):
+    root = celeba_writer(tmp_path / "partial", num=20)
+    for name in ("000005.jpg", "000011.jpg", "000012.jpg"):
+        (root / "img_align_celeba" / name).unlink()
+    with pytest.raises(CelebAFormatError, match=r"list_attr_celeba.txt:7: image '000005.jpg' is listed but not in "
+                                                r".*\(3 of 20 listed images are missing: 000005.jpg, 000011.jpg, "
+                                                r"000012.jpg\); a partial download\? --only-present goes on with the 17"):
+        prepare_cache(root, 8, out=tmp_path / "c", workers=1, progress=False, log=None)
+    out = prepare_cache(root, 8, out=tmp_path / "c", workers=1, progress=False, log=None, only_present=True)
+    manifest = read_manifest(out)
+    assert manifest["num_images"] == 17 and manifest["missing"] == {
+        "count": 3, "of": 20, "first": ["000005.jpg", "000011.jpg", "000012.jpg"]}
+    names = (out / "filenames.txt").read_text().splitlines()
+    assert "000005.jpg" not in names and len(names) == 17
+    index = read_celeba(root, only_present=True)
+    np.testing.assert_array_equal(np.load(out / "attributes.npy"), index.attributes)
+    # the labels of the images that are there stay with them
+    full = read_celeba(root, check_images=False)
+    keep = [full.filenames.index(name) for name in names]
+    np.testing.assert_array_equal(np.load(out / "landmarks.npy"), full.landmarks[keep])
+    # a reuse without --only-present does not pass the partial cache off as the whole set
+    with pytest.raises(CelebAFormatError, match="3 of 20 listed images are missing"):
+        prepare_cache(root, 8, out=tmp_path / "c", workers=1, progress=False, log=None)
+
+
+def test_prepare_data_script_reports_a_partial_download_in_one_line(tmp_path, celeba_writer):
+    root = celeba_writer(tmp_path / "partial", num=6)
+    (root / "img_align_celeba" / "000002.jpg").unlink()
+    command = [sys.executable, str(REPO / "scripts" / "prepare_data.py"), "--root", str(root), "--resolution", "8",
+               "--out", str(tmp_path / "c"), "--no-progress"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "1 of 6 listed images are missing" in result.stderr
+    result = subprocess.run([*command, "--only-present"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert read_manifest(tmp_path / "c")["num_images"] == 5
