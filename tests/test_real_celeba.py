@@ -110,3 +110,21 @@ def test_a_real_test_face_is_edited(real_runs, tmp_path):
     grid = next(out.glob("*.png"))
     with Image.open(grid) as image:
         assert image.size[0] >= 3 * 64 and image.size[1] >= 2 * 64  # 2 faces x 3 strengths at 64x64
+
+
+def test_the_real_turn_check_on_two_pairs(real_runs, real_identities, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))  # its `import registry`
+    out = tmp_path / "pairs"
+    code, err = run_script("turn_pairs.py", "--runs", str(real_runs["vae"]), "--photos", str(real_identities),
+                           "--predictor", str(real_runs["predictor"]), "--judge", str(real_runs["predictor"]),
+                           "--method", "mean", "--num", "2", "--min-gap", "0", "--show", "2", "--out", str(out))
+    assert code == 0, err[-3000:]
+    report = json.loads((out / "turn_pairs.json").read_text())
+    assert len(report["pairs"]) == 2 and all(a != b for a, b in report["pairs"])
+    result = report["runs"][str(real_runs["vae"])]
+    for name in ("edit", "unedited", "reconstruction", "crossfade"):
+        assert set(result[name]) == {"psnr_face_db", "feature_distance", "yaw_error"}
+        assert 0 < result[name]["psnr_face_db"] < 99 and result[name]["feature_distance"] > 0
+    assert 0 <= result["reached_fraction"] <= 1
+    with Image.open(out / "turn_pairs.png") as image:
+        assert image.size[0] >= 4 * 64  # first photo, the edit, the cross-fade, the second photo

@@ -1,0 +1,170 @@
+"""The real-face turn check: edit one photo of a person to the yaw of another photo of the same person, and
+measure how close the edit comes to that real second photo.
+
+Real faces have no rendered turn to compare with (the synthetic set's turn check does), but CelebA's identity
+labels give pairs of one face at two poses. For each pair (A, B):
+
+- the edit walks A's latent along the pose edit until the direction-finding predictor reads B's yaw
+  (``walk_to_target``; the strength is interpolated between grid points, so each face gets its own);
+- baselines: A itself (no edit), the model's reconstruction of A (its floor), and a pixel cross-fade of A with
+  its mirror image, weighted so that its nominal yaw is B's (a model-free "turn");
+- each is compared with B: PSNR of the face region (``FACE_BOX``), the judge's feature distance and the judge's
+  yaw error.
+
+The numbers are functions of arrays (``pair_metrics``) so they are unit-tested apart from any model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.cli import UserError
+from common.directions import Direction, walk
+from common.metrics import box_mask, psnr
+
+# The face region of the 128-pixel CelebA crop, as fractions (x0, y0, x1, y1): cheek to cheek, brows to chin.
+FACE_BOX = (0.2, 0.2, 0.8, 0.95)
+DEFAULT_STRENGTHS = np.linspace(-4.0, 4.0, 17)
+BASELINES = ("unedited", "reconstruction", "crossfade")
+
+
+def read_identity_photos(root: str | os.PathLike) -> tuple[list[Path], np.ndarray]:
+    """The photos of ``root/img_align_celeba`` listed in ``root/identity_CelebA.txt`` -> (paths, identity [N])."""
+    from common.celeba import parse_identity_file
+
+    root = Path(root)
+    labels, image_dir = root / "identity_CelebA.txt", root / "img_align_celeba"
+    if not labels.is_file() or not image_dir.is_dir():
+        raise UserError(f"{root}: expected img_align_celeba/ and identity_CelebA.txt (CelebA's identity labels), "
+                        "as in ../shared/celeba-real/identities")
+    table = parse_identity_file(labels)
+    present = set(os.listdir(image_dir))
+    keep = [i for i, name in enumerate(table.filenames) if name in present]
+    return [image_dir / table.filenames[i] for i in keep], table.values[keep]
+
+
+def pick_pairs(identity: np.ndarray, yaw: np.ndarray, min_gap: float = 0.2, max_pairs: int = 0,
+               exclude: set | None = None) -> np.ndarray:
+    """One pair per person: their most left- and most right-turned photos, if the yaws differ by ``min_gap``.
+
+    identity [N], yaw [N] -> pairs [P, 2] of row indices (first = edited, second = its target). The direction
+    alternates from person to person (left-to-right, then right-to-left), so both turns are measured. People in
+    ``exclude`` (e.g. those a model trained on) are left out; ``max_pairs`` > 0 keeps the widest gaps.
+    """
+    identity, yaw = np.asarray(identity), np.asarray(yaw, dtype=np.float64)
+    pairs, gaps = [], []
+    for person in sorted(set(identity.tolist()) - set(exclude or ())):
+        rows = np.flatnonzero(identity == person)
+        if len(rows) < 2:
+            continue
+        lo, hi = rows[np.argmin(yaw[rows])], rows[np.argmax(yaw[rows])]
+        if yaw[hi] - yaw[lo] < min_gap:
+            continue
+        pairs.append((lo, hi) if len(pairs) % 2 == 0 else (hi, lo))
+        gaps.append(yaw[hi] - yaw[lo])
+    order = np.argsort(gaps)[::-1][:max_pairs] if max_pairs > 0 else np.arange(len(pairs))
+    return np.array([pairs[i] for i in sorted(order)], dtype=np.int64).reshape(-1, 2)
+
+
+def crossfade_to_yaw(images: torch.Tensor, yaw: np.ndarray, target: np.ndarray) -> torch.Tensor:
+    """(1 - t) A + t mirror(A), t = (yaw_A - target) / (2 yaw_A) clipped to [0, 1]: [P, 3, H, W] -> same.
+
+    A mirror negates yaw, so the blend's nominal yaw (1 - 2t) yaw_A is ``target`` where that is reachable.
+    """
+    yaw, target = np.asarray(yaw, dtype=np.float64), np.asarray(target, dtype=np.float64)
+    safe = np.where(np.abs(yaw) < 1e-3, 1e-3, yaw)
+    t = torch.from_numpy(np.clip((yaw - target) / (2 * safe), 0.0, 1.0)).float().view(-1, 1, 1, 1)  # [P, 1, 1, 1]
+    return (1 - t) * images + t * images.flip(-1)
+
+
+def crossing(scores: np.ndarray, strengths: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each walk's score first reaches its target, nearest to strength 0: scores [P, S] (at increasing
+    ``strengths`` [S]), target [P] -> (strength [P] linearly interpolated between grid points, reached bool [P]).
+
+    A walk that never reaches its target gets the grid strength whose score is closest, and reached = False.
+    """
+    scores, strengths = np.asarray(scores, dtype=np.float64), np.asarray(strengths, dtype=np.float64)
+    out, reached = np.zeros(len(scores)), np.zeros(len(scores), dtype=bool)
+    for p, (row, goal) in enumerate(zip(scores, np.asarray(target, dtype=np.float64))):
+        diff = row - goal  # [S]
+        found = []
+        for s in range(len(strengths) - 1):
+            if diff[s] == 0 or diff[s] * diff[s + 1] < 0:
+                w = 0.0 if diff[s] == 0 else diff[s] / (diff[s] - diff[s + 1])
+                found.append(strengths[s] + w * (strengths[s + 1] - strengths[s]))
+        if diff[-1] == 0:
+            found.append(strengths[-1])
+        if found:
+            out[p], reached[p] = min(found, key=abs), True
+        else:
+            out[p] = strengths[int(np.argmin(np.abs(diff)))]
+    return out, reached
+
+
+def walk_to_target(latents: torch.Tensor, direction: Direction, walk_mode: str, target: np.ndarray,
+                   decode: Callable[[torch.Tensor], torch.Tensor], score: Callable[[torch.Tensor], np.ndarray],
+                   strengths: np.ndarray = DEFAULT_STRENGTHS) -> dict:
+    """Walk each latent [P, D] until ``score`` (images -> [n]) of its decoded face reaches ``target`` [P].
+
+    Returns {"strength" [P], "reached" [P], "images" [P, 3, H, W] decoded at each face's own strength,
+    "grid_scores" [P, S]}.
+    """
+    strengths = np.asarray(strengths, dtype=np.float64)
+    walked = torch.as_tensor(walk(latents.double().numpy(), direction, strengths, walk_mode)).float()  # [P, S, D]
+    grid = score(decode(walked.flatten(0, 1))).reshape(len(latents), len(strengths))  # [P, S]
+    strength, reached = crossing(grid, strengths, target)
+    final = torch.stack([torch.as_tensor(walk(latents[p:p + 1].double().numpy(), direction,
+                                               strength[p:p + 1], walk_mode)).float()[0, 0]
+                         for p in range(len(latents))])  # [P, D]
+    return {"strength": strength, "reached": reached, "images": decode(final), "grid_scores": grid}
+
+
+def pair_metrics(candidate: torch.Tensor, target: torch.Tensor, candidate_features: np.ndarray,
+                 target_features: np.ndarray, candidate_yaw: np.ndarray, target_yaw: np.ndarray) -> dict:
+    """How close candidate faces come to the target photos: [P, 3, H, W] images in [-1, 1], judge features
+    [P, F] and judge yaw [P] of each -> {"psnr_face_db", "feature_distance", "yaw_error"} (means over pairs)."""
+    mask = box_mask(candidate.shape[-2], candidate.shape[-1], FACE_BOX).astype(bool)  # [H, W]
+    face = lambda x: x.float().numpy()[:, :, mask]  # noqa: E731  [P, 3, M] pixels of the face region
+    db = psnr(face(candidate), face(target))  # [P]
+    distance = np.linalg.norm(np.asarray(candidate_features) - np.asarray(target_features), axis=1)  # [P]
+    return {"psnr_face_db": float(np.mean(np.minimum(db, 99.0))), "feature_distance": float(distance.mean()),
+            "yaw_error": float(np.mean(np.abs(np.asarray(candidate_yaw) - np.asarray(target_yaw))))}
+
+
+def pair_turn_check(model, direction: Direction, walk_mode: str, first: torch.Tensor, second: torch.Tensor,
+                    predictor, judge, strengths: np.ndarray = DEFAULT_STRENGTHS, batch_size: int = 64) -> dict:
+    """Edit each ``first`` face [P, 3, R, R] to the predictor's yaw of its ``second`` and compare with it.
+
+    Returns {"edit": metrics, "unedited": ..., "reconstruction": ..., "crossfade": ..., "reached_fraction",
+    "strength_mean_abs", "images": {name: [P, 3, R, R]}} (metrics as ``pair_metrics``; the judge measures, the
+    predictor steers, so the walk is not graded by the network it was tuned on).
+    """
+    from common.predictor import score_images
+
+    def decode(latents: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([model.decode(c).detach().float().cpu().clamp(-1, 1) for c in latents.split(batch_size)])
+
+    with torch.no_grad():
+        latents = torch.cat([model.encode(c).detach().float().cpu().reshape(len(c), -1)
+                             for c in first.split(batch_size)])  # [P, D]
+    first_yaw = score_images(predictor, first)["yaw"].numpy()
+    target_yaw = score_images(predictor, second)["yaw"].numpy()
+    walked = walk_to_target(latents, direction, walk_mode, target_yaw, decode,
+                            lambda images: score_images(predictor, images)["yaw"].numpy(), strengths)
+    images = {"edit": walked["images"], "unedited": first, "reconstruction": decode(latents),
+              "crossfade": crossfade_to_yaw(first, first_yaw, target_yaw)}
+    judged_target = score_images(judge, second)
+    result = {}
+    for name, candidate in images.items():
+        judged = score_images(judge, candidate)
+        result[name] = pair_metrics(candidate, second, judged["features"].numpy(), judged_target["features"].numpy(),
+                                    judged["yaw"].numpy(), judged_target["yaw"].numpy())
+    result.update(reached_fraction=float(walked["reached"].mean()),
+                  strength_mean_abs=float(np.abs(walked["strength"]).mean()), images=images)
+    return result
