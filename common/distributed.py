@@ -113,7 +113,11 @@ def native_bf16(device: torch.device) -> bool:
     CUDA: Ampere and newer. MPS: no (autocast support there depends on the OS version).
     """
     if device.type == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        # including_emulation=False: pre-Ampere GPUs (V100, T4) "support" bf16 only by emulation
+        if not torch.cuda.is_available():
+            return False
+        with torch.cuda.device(device):
+            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
     if device.type == "cpu":
         try:
             return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())

@@ -53,7 +53,8 @@ def evaluate(vae: ConvVAE, dataset: CelebACache, limit: int, batch_size: int, be
     vae.eval()
     sums = {"total": 0.0, "recon": 0.0, "kl": 0.0, "psnr_db": 0.0}
     seen = 0
-    with torch.random.fork_rng(devices=[]):
+    # fork the device's generator too: torch.manual_seed below reseeds every CUDA generator
+    with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
         torch.manual_seed(0)
         for batch in dataset.batches(batch_size, shuffle=False):
             x = batch["image"][: n - seen].to(device)  # [b, 3, R, R]
