@@ -48,14 +48,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import torch
+
+from common.cli import UserError, run_main
+from common.distributed import resolve_precision
+from common.run import adam, keep_freed_memory  # what every trainer uses
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import torch  # noqa: E402
-
-from common.cli import UserError, run_main  # noqa: E402
-from common.distributed import resolve_precision  # noqa: E402
-from common.run import adam, keep_freed_memory  # noqa: E402  (what every trainer uses)
 
 
 def _timed(batches: Iterable[dict | torch.Tensor], min_images: int, min_seconds: float,

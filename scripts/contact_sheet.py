@@ -9,17 +9,14 @@ Each cell shows one image of the chosen split with the attributes that matter fo
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from common.attributes import attribute_index  # noqa: E402
-from common.cache import CelebACache  # noqa: E402
-from common.cli import run_main  # noqa: E402
-from common.grids import image_grid  # noqa: E402
+from common.attributes import attribute_index
+from common.cache import CelebACache
+from common.cli import run_main
+from common.grids import image_grid
 
 SHOWN = (("Smiling", "smile"), ("Mouth_Slightly_Open", "open"), ("Narrow_Eyes", "narrow"),
          ("Eyeglasses", "glasses"), ("Male", "male"))

@@ -17,12 +17,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from registry import POSE_METHODS  # scripts/registry.py: light imports only
+
+from common.cli import UserError, run_main
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from registry import POSE_METHODS  # noqa: E402  (scripts/registry.py: light imports only)
-
-from common.cli import UserError, run_main  # noqa: E402
 
 DATA_ROOT = "data/synthetic"
 RESOLUTION = 32

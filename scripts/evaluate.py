@@ -35,16 +35,15 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import numpy as np
+import torch
+from tqdm import tqdm
 
-from common import metrics as M  # noqa: E402
-from common.attributes import CELEBA_ATTRIBUTES, POSE, attribute_index, resolve_attribute  # noqa: E402
-from common.cli import UserError, run_main  # noqa: E402
+from common import metrics as M
+from common.attributes import CELEBA_ATTRIBUTES, POSE, attribute_index, resolve_attribute
+from common.cli import UserError, run_main
 
 DEFAULT_RUNS = ("runs/vae/synthetic", "runs/glow/synthetic", "runs/pggan/synthetic")
 DEFAULT_ATTRIBUTES = ("Smiling", "Narrow_Eyes", "Mouth_Slightly_Open", "pose")

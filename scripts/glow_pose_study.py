@@ -36,13 +36,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from common.cli import UserError, run_main  # noqa: E402
+from common.cli import UserError, run_main
 
 PARTS = ("all", "lv12", "top")
 ORACLE_COMPONENTS = (64, 128, 256)

@@ -12,14 +12,10 @@ whatever --workers is.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from common.cli import run_main  # noqa: E402
-from common.synthetic import LAYOUTS, split_sizes, write_synthetic_celeba  # noqa: E402
+from common.cli import run_main
+from common.synthetic import LAYOUTS, split_sizes, write_synthetic_celeba
 
 
 def main() -> int:

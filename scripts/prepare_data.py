@@ -12,13 +12,9 @@ label files at the same resolution is reused, a stale one is rebuilt. See ``comm
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from common.cache import prepare_cache  # noqa: E402
-from common.cli import UserError, run_main  # noqa: E402
+from common.cache import prepare_cache
+from common.cli import UserError, run_main
 
 
 def main() -> int:

@@ -16,14 +16,11 @@ edit_interface_gan.py.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import yaml
 
-import yaml  # noqa: E402
-
-from common.cli import UserError  # noqa: E402
+from common.cli import UserError
 
 METHODS = ("vae", "glow", "pggan")
 # method -> (training script, config folder, the method's default direction finder)

@@ -21,19 +21,16 @@ import argparse
 import contextlib
 import json
 import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from common.cache import CelebACache, open_training_cache  # noqa: E402
-from common.cli import run_main  # noqa: E402
-from common.config import load_config  # noqa: E402
-from common.run import EMA, RunContext, adam, add_train_arguments, all_reduce_mean, rank, world_size  # noqa: E402
-from flow.config import GlowConfig  # noqa: E402
-from flow.glow import Glow, apply_if_finite, bits_per_dim, build_model, snap_to_grid  # noqa: E402
+from common.cache import CelebACache, open_training_cache
+from common.cli import run_main
+from common.config import load_config
+from common.run import EMA, RunContext, adam, add_train_arguments, all_reduce_mean, rank, world_size
+from flow.config import GlowConfig
+from flow.glow import Glow, apply_if_finite, bits_per_dim, build_model, snap_to_grid
 
 
 def write_json_atomic(path: Path, obj: dict) -> None:

@@ -24,22 +24,18 @@ import argparse
 import copy
 import json
 import os
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from common.cache import CelebACache, default_cache_dir  # noqa: E402
-from common.cli import UserError, run_main  # noqa: E402
-from common.config import load_config  # noqa: E402
-from common.run import RunContext, adam, add_train_arguments, lerp_parameters_  # noqa: E402
-from interface_gan.config import PGGANConfig  # noqa: E402
-from interface_gan.losses import drift_penalty, generator_loss, gradient_penalty, wasserstein_critic_loss  # noqa: E402
-from interface_gan.pggan import (  # noqa: E402
+from common.cache import CelebACache, default_cache_dir
+from common.cli import UserError, run_main
+from common.config import load_config
+from common.run import RunContext, adam, add_train_arguments, lerp_parameters_
+from interface_gan.config import PGGANConfig
+from interface_gan.losses import drift_penalty, generator_loss, gradient_penalty, wasserstein_critic_loss
+from interface_gan.pggan import (
     build_networks,
     fade_images,
     num_levels,

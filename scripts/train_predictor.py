@@ -17,19 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from common.attributes import CELEBA_ATTRIBUTES  # noqa: E402
-from common.cache import CelebACache, open_training_cache  # noqa: E402
-from common.cli import UserError, run_main  # noqa: E402
-from common.config import load_config  # noqa: E402
-from common.predictor import (  # noqa: E402
+from common.attributes import CELEBA_ATTRIBUTES
+from common.cache import CelebACache, open_training_cache
+from common.cli import UserError, run_main
+from common.config import load_config
+from common.predictor import (
     AttributePredictor,
     build_predictor,
     evaluate_predictor,
@@ -37,8 +34,8 @@ from common.predictor import (  # noqa: E402
     predictor_loss,
     target_stats,
 )
-from common.predictor_config import PredictorConfig  # noqa: E402
-from common.run import EMA, RunContext, adam, add_train_arguments  # noqa: E402
+from common.predictor_config import PredictorConfig
+from common.run import EMA, RunContext, adam, add_train_arguments
 
 
 def write_atomic(path: Path, data: bytes) -> None:

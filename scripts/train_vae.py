@@ -17,20 +17,17 @@ import argparse
 import contextlib
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from common.cache import CelebACache, open_training_cache, uint8_to_model  # noqa: E402
-from common.cli import run_main  # noqa: E402
-from common.config import load_config  # noqa: E402
-from common.run import EMA, RunContext, adam, add_train_arguments  # noqa: E402
-from vae.config import VAEConfig  # noqa: E402
-from vae.model import ConvVAE, build_model, check_architecture, count_parameters, kl_weight, psnr, vae_loss  # noqa: E402
+from common.cache import CelebACache, open_training_cache, uint8_to_model
+from common.cli import run_main
+from common.config import load_config
+from common.run import EMA, RunContext, adam, add_train_arguments
+from vae.config import VAEConfig
+from vae.model import ConvVAE, build_model, check_architecture, count_parameters, kl_weight, psnr, vae_loss
 
 ACTIVE_KL_NATS = 0.01  # a latent dimension whose average KL is below this carries (almost) no information
 
