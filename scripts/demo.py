@@ -17,9 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from registry import POSE_METHODS  # scripts/registry.py: light imports only
-
 from common.cli import UserError, run_main
+from pipeline.registry import POSE_METHODS
 
 REPO = Path(__file__).resolve().parents[1]
 

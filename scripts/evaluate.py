@@ -35,8 +35,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -917,10 +915,9 @@ def write_report(report: dict, plots: list[str], strengths: np.ndarray, out: Pat
 
 def main() -> int:
     args = parse_args()
-    from registry import load_method, read_run_method
-
     from common.editing import resolve_device
     from common.predictor import load_predictor
+    from pipeline.registry import load_method, read_run_method
 
     if args.num < 2:
         raise UserError(f"--num {args.num}: expected at least 2 faces")

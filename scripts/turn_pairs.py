@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from registry import load_method
 
 from common.cache import crop_and_resize, uint8_to_model
 from common.checkpoint import atomic_write_text
@@ -28,6 +27,7 @@ from common.editing import get_direction
 from common.grids import image_grid
 from common.pair_turns import BASELINES, pair_turn_check, pick_pairs, read_identity_photos
 from common.predictor import load_predictor, score_images
+from pipeline.registry import load_method
 
 
 def main() -> int:

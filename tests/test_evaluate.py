@@ -2,7 +2,7 @@
 
 Everything runs in this process (a new interpreter costs seconds of imports on a busy machine); the runs are
 a few dozen steps, so the numbers are meaningless, but every key, shape and file of the report must be there.
-Also: scripts/registry.py's one-line errors for missing and unknown runs.
+Also: pipeline/registry.py's one-line errors for missing and unknown runs.
 """
 
 from __future__ import annotations
@@ -204,8 +204,7 @@ def test_report_mentions_each_method_and_embeds_pictures(evaluation):
 
 
 def test_registry_errors_name_the_run_and_the_fix(tmp_path, evaluation):
-    sys.path.insert(0, str(REPO / "scripts"))
-    from registry import load_method
+    from pipeline.registry import load_method
 
     with pytest.raises(UserError, match=r"vae/x: run folder not found; train it first with python "
                                         r"scripts/train_vae.py --config configs/vae/x.yaml"):

@@ -112,8 +112,7 @@ def test_a_real_test_face_is_edited(real_runs, tmp_path):
         assert image.size[0] >= 3 * 64 and image.size[1] >= 2 * 64  # 2 faces x 3 strengths at 64x64
 
 
-def test_the_real_turn_check_on_two_pairs(real_runs, real_identities, tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))  # its `import registry`
+def test_the_real_turn_check_on_two_pairs(real_runs, real_identities, tmp_path):
     out = tmp_path / "pairs"
     code, err = run_script("turn_pairs.py", "--runs", str(real_runs["vae"]), "--photos", str(real_identities),
                            "--predictor", str(real_runs["predictor"]), "--judge", str(real_runs["predictor"]),
