@@ -5,14 +5,17 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint setup clean-demo docs-images
+.PHONY: demo test lint setup clean-demo docs-images gpu-check
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+# facenet-pytorch is the face detector (MTCNN, its weights inside the wheel). --no-deps: its declared pins (torch<2.3,
+# torchvision<0.18, numpy<2, Pillow<10.3) are stale and would replace ours; it runs with them (tests/test_align.py).
+$(STAMP): requirements.txt pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps facenet-pytorch==2.6.0
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e . || $(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
@@ -31,3 +34,9 @@ clean-demo:
 # Refresh the README's pictures from the demo's runs (after `make demo`).
 docs-images: $(STAMP)
 	$(PY) scripts/docs_images.py
+
+# GPU readiness (docs/gpu.md): on a CUDA machine, at most 8 minutes; one JSON report and a printed table.
+# Where pip cannot reach PyPI but a python with CUDA torch is installed: make gpu-check PY=python3 STAMP=
+# Extra options go in GPU_CHECK_ARGS, e.g. GPU_CHECK_ARGS="--out /tmp/report.json" or "--device cpu --quick".
+gpu-check: $(STAMP)
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(PY) scripts/gpu_check.py --out runs/gpu_check/report.json $(GPU_CHECK_ARGS)

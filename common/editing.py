@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -28,6 +26,7 @@ import numpy as np
 import torch
 
 from common.attributes import POSE, attribute_index, resolve_attribute
+from common.checkpoint import atomic_write_text
 from common.cli import UserError
 from common.directions import (
     Direction,
@@ -41,7 +40,7 @@ from common.directions import (
     save_direction,
     walk,
 )
-from common.grids import edit_gif, edit_grid
+from common.grids import atomic_save, edit_gif, edit_grid, gif_frame_order, to_uint8
 
 DEFAULT_CACHE_IMAGES = 8  # faces edited when neither --images nor --num is given
 DEFAULT_MAX_TRAIN_IMAGES = 20000  # encoded training images for a direction: plenty for a mean or a boundary
@@ -49,6 +48,8 @@ POSE_BOUNDARY_RATIO = 0.3  # pose boundary: keep the top and bottom 30% of yaw
 CONV_FLOW_HIDDEN, CONV_FLOW_EPOCHS = 128, 20  # the convolutional latent flow: channels, epochs (~30 s each here)
 ENCODER_METHODS = ("mean", "boundary", "cflow")  # cflow: pose only, a conditional flow on the latents
 WALKS = ("relative", "absolute", "sphere")
+PASTE_MODES = ("change", "face")
+PHOTO_GIF_SIDE = 640  # the photo's GIF is scaled down to at most this many pixels a side (the JPEGs keep its size)
 
 FindDirection = Callable[[str, str], Direction]
 
@@ -115,8 +116,17 @@ def add_edit_arguments(parser: argparse.ArgumentParser, methods: Sequence[str] =
     parser.add_argument("--method", type=method_type, default=methods[0],
                         help=f"how the direction is found: {', '.join(methods)} (default {methods[0]})")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--images", nargs="+", metavar="PHOTO", help="photos to edit (cropped like CelebA)")
+    source.add_argument("--images", nargs="+", metavar="PHOTO",
+                        help="photos (or folders of photos) to edit: the largest face of each is found and "
+                             "aligned like CelebA, and the edit is pasted back into the photo")
     source.add_argument("--num", type=int, help="edit N samples from the model's prior instead of images")
+    parser.add_argument("--no-align", action="store_true",
+                        help="the --images already are CelebA-aligned crops (img_align_celeba framing): no face "
+                             "detection, only a centre crop to 178:218")
+    parser.add_argument("--paste", choices=PASTE_MODES, default=PASTE_MODES[0],
+                        help="how an edit goes back into a photo: change (default) adds the edit's change (edited "
+                             "minus the unedited reconstruction) to the photo, keeping its detail; face pastes "
+                             "the model's edited face itself")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of --num samples (default 0), or of a random pick of cache images "
                              "(default: the first ones)")
@@ -311,43 +321,40 @@ def _open_cache(cache_dir: Path, split: str):
     return CelebACache(cache_dir, split)
 
 
-def _load_photo(path: str, resolution: int) -> torch.Tensor:
-    """A user's photo -> [3, R, R] in [-1, 1], through common.cache.load_user_image; one-line errors."""
-    if not Path(path).is_file():
-        raise UserError(f"{path}: image file not found")
-    try:
-        from common.cache import load_user_image
-    except ImportError:
-        load_user_image = _fallback_load_user_image
-    try:
-        image = load_user_image(path, resolution)
-    except UserError:
-        raise
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: cannot read the image ({exc}); expected a JPEG or PNG photo") from None
-    image = torch.as_tensor(image)
-    if image.dtype == torch.uint8:  # [R, R, 3] uint8 -> [3, R, R] in [-1, 1]
-        image = image.permute(2, 0, 1).float() / 127.5 - 1.0
-    return image.float()
+def _load_photos(images, resolution: int, align: bool) -> list[dict]:
+    """--images (files or folders) -> one dict per photo: {"path", "photo" (RGB PIL), "transform" [2, 3] photo
+    -> aligned frame, "input" [3, R, R] in [-1, 1], "face": landmarks and score or None}; one-line errors."""
+    from common.align import (
+        align_face,
+        detect_faces,
+        expand_image_paths,
+        frame_photo,
+        largest_face,
+        load_photo,
+        model_crop,
+    )
 
-
-def _fallback_load_user_image(path, resolution: int) -> torch.Tensor:
-    """CelebA framing (centre-crop to 178:218, 178x218, the 128 face square at (89, 121)) without common.cache."""
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image).convert("RGB")
-    width, height = image.size
-    target = 178 / 218
-    if width / height > target:
-        new_width = round(height * target)
-        image = image.crop(((width - new_width) // 2, 0, (width - new_width) // 2 + new_width, height))
-    else:
-        new_height = round(width / target)
-        image = image.crop((0, (height - new_height) // 2, width, (height - new_height) // 2 + new_height))
-    face = image.resize((178, 218), Image.LANCZOS).crop((25, 57, 153, 185)).resize((resolution, resolution),
-                                                                                     Image.LANCZOS)
-    return torch.from_numpy(np.asarray(face, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
+    photos, stems = [], {}
+    for path in expand_image_paths(images):
+        if path.stem in stems:  # their pasted edits would overwrite each other's
+            raise UserError(f"{path} and {stems[path.stem]}: two photos named {path.stem}; rename one")
+        stems[path.stem] = path
+        photo = load_photo(path)
+        face = None
+        if align:
+            faces = detect_faces(photo)
+            if not faces:
+                raise UserError(f"{path}: no face found ({photo.width}x{photo.height} photo); pass --no-align "
+                                "if it already is a CelebA-aligned crop")
+            found = faces[largest_face(faces)]
+            aligned, transform = align_face(photo, found.landmarks)
+            face = {"landmarks": found.landmarks.round(3).tolist(), "score": round(found.score, 6)}
+        else:
+            aligned, transform = frame_photo(photo)
+        crop = torch.from_numpy(model_crop(aligned, resolution)).permute(2, 0, 1)  # [3, R, R] uint8
+        photos.append({"path": path, "photo": photo, "transform": transform, "face": face,
+                       "input": crop.float() / 127.5 - 1.0})
+    return photos
 
 
 def _gather_sources(model: EditableModel, run_dir: Path, args, cache) -> dict:
@@ -356,9 +363,13 @@ def _gather_sources(model: EditableModel, run_dir: Path, args, cache) -> dict:
     num = getattr(args, "num", None)
     seed = getattr(args, "seed", None)
     if images:
-        inputs = torch.stack([_load_photo(p, model.resolution) for p in images])  # [R, 3, H, W]
-        return {"inputs": inputs, "labels": [Path(p).name for p in images],
-                "source": {"kind": "images", "paths": [str(p) for p in images]}}
+        align = not getattr(args, "no_align", False)
+        photos = _load_photos(images, model.resolution, align)
+        inputs = torch.stack([p["input"] for p in photos])  # [R, 3, H, W]
+        return {"inputs": inputs, "labels": [p["path"].name for p in photos], "photos": photos,
+                "source": {"kind": "images", "paths": [str(p["path"]) for p in photos], "aligned": align,
+                           "faces": [dict(p["face"] or {}, transform=np.round(p["transform"], 8).tolist())
+                                     for p in photos]}}
     if num is not None:
         if num < 1:
             raise UserError(f"--num {num}: expected at least 1 sample")
@@ -400,17 +411,42 @@ def _decode_walk(model: EditableModel, walked: torch.Tensor, batch_size: int, pr
     return images.reshape(rows, steps, *images.shape[1:])
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def strength_names(strengths) -> list[str]:
+    """File-name labels of the strengths ("-3.0", "0.0", "+1.5"), with more decimals when one would repeat."""
+    for decimals in range(1, 7):  # 1 decimal: the grid's column headers (common.grids.strength_label)
+        names = [f"{0:.{decimals}f}" if abs(a) < 0.5 * 10 ** -decimals else f"{a:+.{decimals}f}" for a in strengths]
+        if len(set(names)) == len(names):
+            return names
+    return [f"{a:+.6g}" for a in strengths]
+
+
+def paste_edits(photos: list[dict], decoded: torch.Tensor, strengths, out_dir: Path, attribute: str,
+                unedited: torch.Tensor | None = None) -> list[dict]:
+    """Each photo's edited faces (decoded [R, S, 3, H, W]) pasted back into it: ``<stem>-<attribute>-<strength>
+    .jpg`` at the photo's size per strength, and ``<stem>-<attribute>.gif`` sweeping them (scaled down). With
+    ``unedited`` (the reconstructions [R, 3, H, W]) only the change from them is added to the photo."""
+    from PIL import Image
+
+    from common.align import paste_back
+
+    faces = to_uint8(decoded)  # [R, S, H, W, 3]
+    references = to_uint8(unedited) if unedited is not None else [None] * len(photos)  # [R, H, W, 3]
+    names = strength_names([float(a) for a in strengths])
+    written = []
+    for photo, row, reference in zip(photos, faces, references, strict=True):
+        stem = f"{photo['path'].stem}-{attribute}"
+        frames, jpgs = [], []
+        factor = min(1.0, PHOTO_GIF_SIDE / max(photo["photo"].size))
+        gif_size = (max(1, round(photo["photo"].width * factor)), max(1, round(photo["photo"].height * factor)))
+        for face, name in zip(row, names, strict=True):
+            pasted = paste_back(photo["photo"], face, photo["transform"], reference=reference)
+            jpgs.append(atomic_save(pasted, out_dir / f"{stem}-{name}.jpg", "JPEG", quality=95))
+            frames.append(pasted.resize(gif_size, Image.LANCZOS) if factor < 1 else pasted)
+        frames = [frames[j] for j in gif_frame_order(len(frames))]
+        gif = atomic_save(frames[0], out_dir / f"{stem}.gif", "GIF", save_all=True, append_images=frames[1:],
+                          duration=120, loop=0)
+        written.append({"photo": str(photo["path"]), "jpg": [str(p) for p in jpgs], "gif": str(gif)})
+    return written
 
 
 def output_stem(attribute: str, keep: Sequence[str], method: str) -> str:
@@ -442,7 +478,8 @@ def run_edit(model: EditableModel, run_dir, args, find_direction: FindDirection,
     is called only for directions not yet saved in RUN/directions/; ``cache`` (optional) is the dataset the
     faces come from when neither --images nor --num is given (default: the --split of the run's cache).
     Returns {"images": [R, S, 3, H, W], "latents": [R, S, D], "base_latents": [R, D], "inputs": [R, 3, H, W]
-    or None, "strengths": [S], "direction": Direction, "paths": {"png", "gif", "json"}, "record": dict}.
+    or None, "strengths": [S], "direction": Direction, "paths": {"png", "gif", "json"}, "record": dict}; the
+    photos' pasted JPEGs and GIFs are listed in ``record["outputs"]["photos"]``.
     """
     run_dir = Path(run_dir)
     attribute = resolve_attribute(args.attribute)
@@ -499,6 +536,11 @@ def run_edit(model: EditableModel, run_dir, args, find_direction: FindDirection,
     edit_grid(decoded, strengths, paths["png"], title=title, row_labels=source["labels"], marked_column=marked,
               input_images=inputs)
     edit_gif(decoded, paths["gif"], strengths=strengths)
+    paste = getattr(args, "paste", PASTE_MODES[0])
+    pasted = []
+    if "photos" in source:
+        unedited = _decode_walk(model, base[:, None], batch_size, False)[:, 0] if paste == "change" else None
+        pasted = paste_edits(source["photos"], decoded, strengths, out_dir, attribute, unedited)
     record = {
         "attribute": attribute, "keep": keep, "method": method, "walk": walk_mode,
         "strengths": [round(float(a), 6) for a in strengths], "marked_column": marked,
@@ -510,8 +552,13 @@ def run_edit(model: EditableModel, run_dir, args, find_direction: FindDirection,
         "model": type(model).__name__, "latent_dim": int(model.latent_dim), "resolution": int(model.resolution),
         "run_dir": str(run_dir), "outputs": {kind: str(path) for kind, path in paths.items()},
     }
-    _atomic_write_text(paths["json"], json.dumps(_json_ready(record), indent=2) + "\n")
+    if pasted:
+        record["outputs"]["photos"] = pasted
+        record["paste"] = paste
+    atomic_write_text(paths["json"], json.dumps(_json_ready(record), indent=2) + "\n")
     if progress:
         print(f"wrote {paths['png']}, {paths['gif']} and {paths['json']} ({len(base)} faces x {steps} strengths)")
+        for entry in pasted:
+            print(f"pasted into {entry['photo']}: {len(entry['jpg'])} JPEGs and {entry['gif']}")
     return {"images": decoded, "latents": walked, "base_latents": base, "inputs": inputs,
             "strengths": strengths, "direction": direction, "paths": paths, "record": record}

@@ -12,6 +12,10 @@ on the top level's latents instead of a straight line (common/latent_flow.py, co
 maps; the lower levels are kept). Strengths are in units of the direction's scale (strength 1 moves
 an average negative to an average positive for ``mean``). Writes ``<out>/<attribute>[-keep-...]-<method>.png``,
 ``.gif`` and ``.json`` (default out: RUN/edits/); the JSON records the unedited reconstruction's max error.
+Photos given with ``--images`` (files or folders) are aligned like CelebA first (the largest face, 5 landmarks,
+common/align.py; ``--no-align`` for crops that already are), and each edit is pasted back into its photo:
+``<out>/<photo stem>-<attribute>-<strength>.jpg`` per strength and ``<photo stem>-<attribute>.gif``
+(docs/own-photos.md).
 """
 
 from __future__ import annotations

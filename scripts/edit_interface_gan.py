@@ -12,6 +12,10 @@ GANSpace (pca) or SeFa; --keep projects the --keep attributes' boundaries out (c
 PSNR in the JSON). Walks default to great circles on the sqrt(D) sphere. Writes
 ``<out>/<attribute>[-keep-...]-<method>.png``, ``.gif`` and ``.json`` (default out: RUN/edits/); the JSON also
 holds the predictor's mean scores of the edited attribute, the kept ones and --measure ones per strength (leakage).
+Photos given with ``--images`` (files or folders) are aligned like CelebA first (the largest face, 5 landmarks,
+common/align.py; ``--no-align`` for crops that already are), and each edit is pasted back into its photo:
+``<out>/<photo stem>-<attribute>-<strength>.jpg`` per strength and ``<photo stem>-<attribute>.gif``
+(docs/own-photos.md).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from common.align import expand_image_paths  # noqa: E402
 from common.attributes import POSE, attribute_index, resolve_attribute  # noqa: E402
 from common.cli import UserError, run_main  # noqa: E402
 from common.editing import add_edit_arguments, parse_keep, resolve_device, run_edit  # noqa: E402
@@ -74,9 +79,8 @@ def main() -> int:
     if keep and args.method.partition(":")[0] in ("pca", "sefa"):
         raise UserError(f"--keep with --method {args.method}: conditional editing needs attribute boundaries; "
                         "use --method boundary or mean")
-    for image in args.images or []:
-        if not Path(image).is_file():
-            raise UserError(f"{image}: image file not found")
+    if args.images:
+        expand_image_paths(args.images)  # a missing photo fails before the model is loaded
     run_dir = Path(args.run)
     if not (run_dir / "checkpoints").is_dir():
         raise UserError(f"{run_dir}: not a PGGAN run folder (expected {run_dir}/checkpoints/ from "

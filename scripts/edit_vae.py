@@ -3,11 +3,15 @@
     python scripts/edit_vae.py --run runs/vae/synthetic --attribute Smiling --keep Mouth_Slightly_Open \\
         [--method mean|boundary|cflow] [--images a.jpg b.png | --num 8 --seed 0] [--range -3 3 --steps 7] [--out DIR]
 
-Images are encoded to their posterior means (user photos are cropped like CelebA first), moved along the
+Images are encoded to their posterior means (user photos are aligned like CelebA first), moved along the
 direction found on the run's training split (mean difference or linear boundary of the encoded latents; ``pose``
 uses the yaw score; ``--method cflow``, pose only, edits with a conditional flow on the latents instead of a
 straight line, see common/latent_flow.py), optionally made orthogonal to the ``--keep`` attributes' directions, and decoded. Writes
 ``<out>/<attribute>[-keep-...]-<method>.png``, ``.gif`` and ``.json`` (default out: RUN/edits/).
+Photos given with ``--images`` (files or folders) are aligned like CelebA first (the largest face, 5 landmarks,
+common/align.py; ``--no-align`` for crops that already are), and each edit is pasted back into its photo:
+``<out>/<photo stem>-<attribute>-<strength>.jpg`` per strength and ``<photo stem>-<attribute>.gif``
+(docs/own-photos.md).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.align import expand_image_paths  # noqa: E402
 from common.attributes import resolve_attribute  # noqa: E402
 from common.cache import CelebACache  # noqa: E402
 from common.cli import UserError, run_main  # noqa: E402
@@ -39,9 +44,8 @@ def main() -> int:
     # cheap checks first, so that a typo fails before the model is loaded
     resolve_attribute(args.attribute)
     parse_keep(args.keep)
-    for image in args.images or []:
-        if not Path(image).is_file():
-            raise UserError(f"{image}: image file not found")
+    if args.images:
+        expand_image_paths(args.images)  # a missing photo fails before the model is loaded
     run_dir = Path(args.run)
     if not (run_dir / "checkpoints").is_dir():
         raise UserError(f"{run_dir}: not a VAE run folder (expected {run_dir}/checkpoints/ from scripts/train_vae.py)")

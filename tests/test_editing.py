@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -236,18 +235,29 @@ def test_run_edit_samples_latents_and_walks_on_the_sphere(world, tmp_path):
     torch.testing.assert_close(again["base_latents"], result["base_latents"])  # seeded
 
 
-def test_run_edit_user_photos_without_common_cache(world, tmp_path, monkeypatch):
+def test_run_edit_photos_already_aligned(world, tmp_path):
     model, train, _, _ = world
-    monkeypatch.setitem(sys.modules, "common.cache", None)  # forces the private fallback loader
     photo = tmp_path / "me.png"
     Image.new("RGB", (300, 200), (200, 120, 90)).save(photo)
-    args = parse(["--run", str(tmp_path), "--attribute", "Smiling", "--images", str(photo), "--steps", "3"])
+    args = parse(["--run", str(tmp_path), "--attribute", "Smiling", "--images", str(photo), "--steps", "3",
+                  "--no-align"])
     result = run_edit(model, tmp_path, args, finder(model, train, []), progress=False)
     assert result["inputs"].shape == (1, 3, SIZE, SIZE)
     expected = torch.tensor([200, 120, 90]) / 127.5 - 1
     torch.testing.assert_close(result["inputs"][0, :, 4, 4], expected, atol=0.01, rtol=0)
     record = json.loads((tmp_path / "edits" / "Smiling-mean.json").read_text())
-    assert record["source"] == {"kind": "images", "paths": [str(photo)]}
+    assert record["source"]["kind"] == "images" and record["source"]["paths"] == [str(photo)]
+    assert record["source"]["aligned"] is False
+    # the photo is centre-cropped to 178:218 (163x200) and scaled: 200 / 218 photo pixels per aligned pixel
+    np.testing.assert_allclose(record["source"]["faces"][0]["transform"],
+                               [[218 / 200, 0, (0.5 - (300 - 178 * 200 / 218) / 2) * 218 / 200 - 0.5],
+                                [0, 218 / 200, 0.5 * 218 / 200 - 0.5]], atol=1e-6)
+    jpgs = [tmp_path / "edits" / f"me-Smiling-{name}.jpg" for name in ("-3.0", "0.0", "+3.0")]
+    assert record["outputs"]["photos"] == [{"photo": str(photo), "jpg": [str(p) for p in jpgs],
+                                            "gif": str(tmp_path / "edits" / "me-Smiling.gif")}]
+    for path in jpgs:
+        with Image.open(path) as pasted:
+            assert pasted.size == (300, 200)
 
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")
@@ -306,3 +316,54 @@ def test_direction_file_of_another_size_is_reported(world, tmp_path):
     with pytest.raises(UserError, match=r"Smiling-mean.npz: a 3-d direction for a 6-d model"):
         run_edit(model, tmp_path, parse(["--run", "r", "--attribute", "Smiling"]), finder(model, train, []),
                  cache=test, progress=False)
+
+
+SHARED_PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "celeba-real" / "identities" / "img_align_celeba"
+
+
+@pytest.mark.skipif(not SHARED_PHOTOS.is_dir(), reason=f"{SHARED_PHOTOS} (real CelebA photos) not found")
+def test_run_edit_aligns_a_photo_and_pastes_the_edit_back(world, tmp_path):
+    pytest.importorskip("facenet_pytorch")
+    from common.align import load_photo, model_crop, paste_mask, warp
+
+    model, train, _, _ = world
+    original = load_photo(SHARED_PHOTOS / "000002.jpg")
+    angle, scale = np.radians(12.0), 1.2  # the aligned photo rotated, scaled and shifted onto a bigger canvas
+    moved = np.array([[scale * np.cos(angle), -scale * np.sin(angle), 160],
+                      [scale * np.sin(angle), scale * np.cos(angle), 60]])
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    warp(original, moved, (520, 400), fill=(128, 128, 128)).save(folder / "me.png")
+    args = parse(["--run", str(tmp_path), "--attribute", "Smiling", "--images", str(folder), "--steps", "3",
+                  "--out", str(tmp_path / "out")])
+    result = run_edit(model, tmp_path, args, finder(model, train, []), progress=False)
+    # the model saw the face framed as in CelebA: close to the original's own 8x8 crop
+    reference = torch.from_numpy(model_crop(original, SIZE)).permute(2, 0, 1).float() / 127.5 - 1
+    assert (result["inputs"][0] - reference).abs().mean() < 0.1
+    record = json.loads((tmp_path / "out" / "Smiling-mean.json").read_text())
+    assert record["source"]["aligned"] is True and record["source"]["paths"] == [str(folder / "me.png")]
+    face = record["source"]["faces"][0]
+    assert np.shape(face["landmarks"]) == (5, 2) and face["score"] > 0.9
+    photos = record["outputs"]["photos"]
+    assert [Path(p).name for p in photos[0]["jpg"]] == ["me-Smiling--3.0.jpg", "me-Smiling-0.0.jpg",
+                                                       "me-Smiling-+3.0.jpg"]
+    assert Path(photos[0]["gif"]).name == "me-Smiling.gif"
+    with Image.open(photos[0]["gif"]) as gif:
+        assert gif.n_frames == 4 and gif.size == (520, 400)
+    photo = np.asarray(Image.open(folder / "me.png")).astype(int)
+    mask = paste_mask((520, 400), face["transform"])
+    for path in photos[0]["jpg"]:
+        with Image.open(path) as pasted:
+            pixels = np.asarray(pasted).astype(int)
+        assert pixels.shape == photo.shape
+        assert np.abs(pixels - photo)[mask == 0].mean() < 1.5  # unchanged away from the face (up to JPEG)
+    # --paste change (the default): strength 0 is the photo itself, the others differ inside the face
+    first, zero, last = (np.asarray(Image.open(p)).astype(int) for p in photos[0]["jpg"])
+    assert record["paste"] == "change" and np.abs(zero - photo).mean() < 1.5
+    assert np.abs(first - last)[mask == 1].mean() > 5
+    # --paste face: the model's own (8x8, here) face replaces the photo's inside the mask, even at strength 0
+    args = parse(["--run", str(tmp_path), "--attribute", "Smiling", "--images", str(folder / "me.png"),
+                  "--steps", "3", "--out", str(tmp_path / "face"), "--paste", "face"])
+    run_edit(model, tmp_path, args, finder(model, train, []), progress=False)
+    zero = np.asarray(Image.open(tmp_path / "face" / "me-Smiling-0.0.jpg")).astype(int)
+    assert np.abs(zero - photo)[mask == 1].mean() > 5 and np.abs(zero - photo)[mask == 0].mean() < 1.5
