@@ -11,6 +11,9 @@ once, here:
    ``<out>/<attribute>[-keep-A-B]-<method>.png``, ``.gif`` and ``.json``.
 3. ``encoder_direction`` is the ``find_direction`` of models with an encoder (VAE, Glow): encode the cache's
    training split and take the mean difference or a linear boundary of the latents against the labels.
+4. ``--target P [P ...]`` gives the strength in attribute units: each face walks until the attribute predictor
+   reads P (a probability, or a yaw for pose), found per face by ``common.pair_turns.walk_to_target``; the
+   columns are then the targets and the JSON records each face's strength, whether it got there and the score.
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ ENCODER_METHODS = ("mean", "boundary", "cflow")  # cflow: pose only, a condition
 WALKS = ("relative", "absolute", "sphere")
 PASTE_MODES = ("change", "face")
 PHOTO_GIF_SIDE = 640  # the photo's GIF is scaled down to at most this many pixels a side (the JPEGs keep its size)
+DEFAULT_RANGE, DEFAULT_STEPS = (-3.0, 3.0), 7
+TARGET_SEARCH_STEPS = 25  # --target: strengths of --range decoded and scored per face (0.25 apart on -3..3)
+TARGET_REFINE_STEPS = 4  # --target: further decodes per face and target narrowing the crossing (false position)
 
 FindDirection = Callable[[str, str], Direction]
 
@@ -137,9 +143,18 @@ def add_edit_arguments(parser: argparse.ArgumentParser, methods: Sequence[str] =
     parser.add_argument("--split", default="test", choices=["train", "valid", "test", "all"],
                         help="cache split the images come from (default test)")
     parser.add_argument("--cache", default=None, help="prepared cache folder (default: the run's own)")
-    parser.add_argument("--range", nargs=2, type=float, default=(-3.0, 3.0), metavar=("LO", "HI"),
-                        help="edit strengths from LO to HI (default -3 3)")
-    parser.add_argument("--steps", type=int, default=7, help="number of strengths (columns), default 7")
+    parser.add_argument("--range", nargs=2, type=float, default=DEFAULT_RANGE, metavar=("LO", "HI"),
+                        help="edit strengths from LO to HI (default -3 3); with --target, the strengths searched")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"number of strengths (columns), default {DEFAULT_STEPS}")
+    parser.add_argument("--target", nargs="+", type=float, default=None, metavar="P",
+                        help="strength in attribute units: walk each face until the --predictor reads P (a "
+                             "probability in (0, 1), e.g. 0.9 Smiling; for pose a yaw, e.g. 0.3); one column per "
+                             "target, instead of --steps")
+    parser.add_argument("--predictor", default=None,
+                        help="attribute predictor run (scripts/train_predictor.py) that reads the faces for "
+                             "--target (required with it for the VAE and Glow; the GAN also scores its samples "
+                             "with it, default: its config's edit.predictor)")
     parser.add_argument("--walk", choices=WALKS, default=None,
                         help="relative: z + a*n; absolute: set the distance to the boundary; sphere: great "
                              "circle (default: sphere for models with latents on a sphere, else relative)")
@@ -162,6 +177,79 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise UserError(f"--device {name!r}: expected auto, cpu, cuda, cuda:N or mps") from None
+
+
+def parse_targets(values, attribute: str) -> np.ndarray | None:
+    """--target values for ``attribute`` -> [T] float64 (None without --target); one-line errors."""
+    if values is None:
+        return None
+    targets = np.asarray([float(v) for v in values], dtype=np.float64)
+    if not len(targets):
+        raise UserError("--target: expected at least one value")
+    if not np.all(np.isfinite(targets)):
+        raise UserError(f"--target {' '.join(f'{v:g}' for v in targets)}: expected finite numbers")
+    if attribute != POSE:
+        outside = [f"{v:g}" for v in targets if not 0.0 < v < 1.0]
+        if outside:
+            raise UserError(f"--target {' '.join(outside)}: {attribute} is a probability, expected values strictly "
+                            "between 0 and 1 (e.g. 0.1 0.5 0.9)")
+    names = target_names(attribute, targets)
+    if len(set(names)) != len(names):
+        raise UserError(f"--target {' '.join(f'{v:g}' for v in targets)}: the same target twice")
+    return targets
+
+
+def _target_decimals(values, minimum: int) -> int:
+    """The fewest decimals (at least ``minimum``, at most 6) that write every value exactly."""
+    for decimals in range(minimum, 7):
+        if all(abs(round(v, decimals) - v) < 1e-9 for v in values):
+            return decimals
+    return 6
+
+
+def target_names(attribute: str, targets) -> list[str]:
+    """File-name labels of --target values: "p0.9" for a probability, "yaw+0.30" for pose."""
+    values = [float(v) for v in targets]
+    if attribute == POSE:
+        d = _target_decimals(values, 2)
+        return ["yaw" + (f"{0:.{d}f}" if abs(v) < 0.5 * 10 ** -d else f"{v:+.{d}f}") for v in values]
+    d = _target_decimals(values, 1)
+    return [f"p{v:.{d}f}" for v in values]
+
+
+def target_headers(attribute: str, targets) -> list[str]:
+    """Column headers of --target values: "p=0.9", "yaw=+0.30"."""
+    return [name.replace("p", "p=", 1) if attribute != POSE else name.replace("yaw", "yaw=", 1)
+            for name in target_names(attribute, targets)]
+
+
+def load_target_predictor(args, device, default=None):
+    """The attribute predictor that steers --target: --predictor RUN (else ``default``), loaded on ``device``;
+    None without --target. One-line errors for a missing flag or folder."""
+    if getattr(args, "target", None) is None:
+        return None
+    run = getattr(args, "predictor", None) or default
+    if not run:
+        raise UserError("--target needs --predictor RUN: an attribute predictor (scripts/train_predictor.py) reads "
+                        "the faces to find each one's strength")
+    if not Path(run).is_dir():
+        raise UserError(f"{run}: predictor run not found (needed by --target); train one with "
+                        "scripts/train_predictor.py")
+    from common.predictor import load_predictor
+
+    return load_predictor(run, device)
+
+
+def _attribute_scorer(predictor, attribute: str, batch_size: int) -> Callable[[torch.Tensor], np.ndarray]:
+    """images [n, 3, H, W] -> the predictor's reading of ``attribute`` [n]: its probability, or yaw for pose."""
+    from common.predictor import score_images
+
+    def score(images: torch.Tensor) -> np.ndarray:
+        scored = score_images(predictor, images, batch_size=max(1, batch_size))
+        values = scored["yaw"] if attribute == POSE else scored["probs"][:, attribute_index(attribute)]
+        return values.double().numpy()
+
+    return score
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -421,17 +509,18 @@ def strength_names(strengths) -> list[str]:
 
 
 def paste_edits(photos: list[dict], decoded: torch.Tensor, strengths, out_dir: Path, attribute: str,
-                unedited: torch.Tensor | None = None) -> list[dict]:
+                unedited: torch.Tensor | None = None, names: Sequence[str] | None = None) -> list[dict]:
     """Each photo's edited faces (decoded [R, S, 3, H, W]) pasted back into it: ``<stem>-<attribute>-<strength>
     .jpg`` at the photo's size per strength, and ``<stem>-<attribute>.gif`` sweeping them (scaled down). With
-    ``unedited`` (the reconstructions [R, 3, H, W]) only the change from them is added to the photo."""
+    ``unedited`` (the reconstructions [R, 3, H, W]) only the change from them is added to the photo; ``names``
+    [S] replace the strengths in the file names (the --target labels)."""
     from PIL import Image
 
     from common.align import paste_back
 
     faces = to_uint8(decoded)  # [R, S, H, W, 3]
     references = to_uint8(unedited) if unedited is not None else [None] * len(photos)  # [R, H, W, 3]
-    names = strength_names([float(a) for a in strengths])
+    names = list(names) if names is not None else strength_names([float(a) for a in strengths])
     written = []
     for photo, row, reference in zip(photos, faces, references, strict=True):
         stem = f"{photo['path'].stem}-{attribute}"
@@ -466,12 +555,45 @@ def _json_ready(value):
     return value
 
 
+def _walk_to_targets(model: EditableModel, base: torch.Tensor, direction: Direction, walk_mode: str,
+                     targets: np.ndarray, strengths: np.ndarray, predictor, attribute: str, batch_size: int,
+                     progress: bool) -> dict:
+    """Each face [R, D] walked until the predictor reads each target [T] (``walk_to_target`` on the search grid
+    ``strengths``, then TARGET_REFINE_STEPS narrowing decodes) -> its dict, entries [R, T]."""
+    from common.pair_turns import walk_to_target
+
+    def decode(latents: torch.Tensor) -> torch.Tensor:  # [n, D] -> [n, 3, H, W], batched, no gradients
+        return _decode_walk(model, latents[:, None], batch_size, progress)[:, 0]
+
+    return walk_to_target(base, direction, walk_mode, np.tile(targets, (len(base), 1)), decode,
+                          _attribute_scorer(predictor, attribute, batch_size), strengths,
+                          refine=TARGET_REFINE_STEPS)
+
+
+def _target_record(attribute: str, targets: np.ndarray, searched: np.ndarray, found: dict, labels: list[str],
+                   unedited_score: np.ndarray, predictor_run) -> dict:
+    """The JSON's "target" section: per face (rows, as the grid's) and target (columns) the strength reached,
+    whether the walk got there within the searched strengths, and the predictor's score of the edited face."""
+    reached = np.asarray(found["reached"], dtype=bool)  # [R, T]
+    return {
+        "attribute": attribute, "unit": "yaw" if attribute == POSE else "probability",
+        "values": [float(v) for v in targets], "labels": target_headers(attribute, targets),
+        "strength": np.round(found["strength"], 6).tolist(), "reached": reached.tolist(),
+        "score": np.round(found["score"], 6).tolist(),
+        "unedited_score": np.round(unedited_score, 6).tolist(),
+        "never_reached": [label for label, row in zip(labels, reached, strict=True) if not row.all()],
+        "search": {"range": [float(searched[0]), float(searched[-1])], "steps": int(len(searched)),
+                   "refine_steps": TARGET_REFINE_STEPS},
+        "predictor": None if predictor_run is None else str(predictor_run),
+    }
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The edit
 
 
 def run_edit(model: EditableModel, run_dir, args, find_direction: FindDirection, cache=None,
-             progress: bool = True) -> dict:
+             progress: bool = True, predictor=None) -> dict:
     """Edit faces along an attribute direction and write the PNG grid, the GIF and the JSON record.
 
     ``args`` is the namespace of ``add_edit_arguments``; ``find_direction(attribute, method) -> Direction``
@@ -480,6 +602,10 @@ def run_edit(model: EditableModel, run_dir, args, find_direction: FindDirection,
     Returns {"images": [R, S, 3, H, W], "latents": [R, S, D], "base_latents": [R, D], "inputs": [R, 3, H, W]
     or None, "strengths": [S], "direction": Direction, "paths": {"png", "gif", "json"}, "record": dict}; the
     photos' pasted JPEGs and GIFs are listed in ``record["outputs"]["photos"]``.
+
+    With ``args.target`` ([T] values) ``predictor`` (an AttributePredictor, e.g. ``load_target_predictor``)
+    reads the faces: the S columns are the T targets, "strengths" is [R, T] (each face's own) and the record
+    holds a "target" section (``_target_record``).
     """
     run_dir = Path(run_dir)
     attribute = resolve_attribute(args.attribute)
@@ -487,11 +613,25 @@ def run_edit(model: EditableModel, run_dir, args, find_direction: FindDirection,
     if attribute in keep:
         raise UserError(f"--keep {attribute}: cannot hold fixed the attribute being edited")
     method = str(getattr(args, "method", "mean"))  # validated by add_edit_arguments' parser
-    lo, hi = (float(v) for v in getattr(args, "range", (-3.0, 3.0)))
-    steps = int(getattr(args, "steps", 7))
-    if steps < 1:
-        raise UserError(f"--steps {steps}: expected at least 1 strength")
-    strengths = np.linspace(lo, hi, steps)  # [S]
+    lo, hi = (float(v) for v in getattr(args, "range", None) or DEFAULT_RANGE)
+    targets = parse_targets(getattr(args, "target", None), attribute)  # [T] or None
+    given_steps = getattr(args, "steps", None)
+    if targets is not None:
+        if given_steps is not None:
+            raise UserError(f"--steps with --target: the columns are the {len(targets)} targets; --range LO HI "
+                            "sets the strengths searched")
+        if lo == hi:
+            raise UserError(f"--range {lo:g} {hi:g} with --target: expected a span of strengths to search")
+        if predictor is None:
+            raise UserError("--target needs --predictor RUN: an attribute predictor (scripts/train_predictor.py) "
+                            "reads the faces to find each one's strength")
+        strengths = np.linspace(min(lo, hi), max(lo, hi), TARGET_SEARCH_STEPS)  # [S'], searched
+        steps = len(targets)
+    else:
+        steps = int(DEFAULT_STEPS if given_steps is None else given_steps)
+        if steps < 1:
+            raise UserError(f"--steps {steps}: expected at least 1 strength")
+        strengths = np.linspace(lo, hi, steps)  # [S]
     walk_mode = getattr(args, "walk", None) or ("sphere" if getattr(model, "latent_on_sphere", False)
                                                 else "relative")
     if walk_mode not in WALKS:
@@ -524,26 +664,47 @@ def run_edit(model: EditableModel, run_dir, args, find_direction: FindDirection,
         conditions = [get_direction(run_dir, name, method, find_direction) for name in keep]
         direction = project_out(unconditioned, conditions, keep_names=keep)
 
-    walked = walk(base, direction, strengths, walk_mode).float()  # [R, S, D]
-    decoded = _decode_walk(model, walked, batch_size, progress)  # [R, S, 3, H, W]
+    unedited = None  # the reconstructions [R, 3, H, W], decoded once if needed
+    paste = getattr(args, "paste", PASTE_MODES[0])
+    if targets is None:
+        walked = walk(base, direction, strengths, walk_mode).float()  # [R, S, D]
+        decoded = _decode_walk(model, walked, batch_size, progress)  # [R, S, 3, H, W]
+        zero = np.flatnonzero(np.isclose(strengths, 0.0, atol=1e-9))
+        marked = int(zero[0]) if walk_mode != "absolute" and len(zero) else None
+        columns, names, target_section = strengths, None, None
+    else:
+        unedited = _decode_walk(model, base[:, None], batch_size, False)[:, 0]
+        found = _walk_to_targets(model, base, direction, walk_mode, targets, strengths, predictor, attribute,
+                                 batch_size, progress)
+        walked, decoded, marked = found["latents"], found["images"], None  # [R, T, D], [R, T, 3, H, W]
+        columns, names = targets, target_names(attribute, targets)
+        target_section = _target_record(attribute, targets, strengths, found, source["labels"],
+                                        _attribute_scorer(predictor, attribute, batch_size)(unedited),
+                                        getattr(args, "predictor", None))
+        strengths = found["strength"]  # [R, T], each face's own
 
-    zero = np.flatnonzero(np.isclose(strengths, 0.0, atol=1e-9))
-    marked = int(zero[0]) if walk_mode != "absolute" and len(zero) else None
     out_dir = Path(getattr(args, "out", None) or run_dir / "edits")
     stem = output_stem(attribute, keep, method)
     paths = {kind: out_dir / f"{stem}.{kind}" for kind in ("png", "gif", "json")}
     title = f"{attribute} ({method}, {walk_mode} walk" + (f", keep {', '.join(keep)}" if keep else "") + ")"
-    edit_grid(decoded, strengths, paths["png"], title=title, row_labels=source["labels"], marked_column=marked,
-              input_images=inputs)
-    edit_gif(decoded, paths["gif"], strengths=strengths)
-    paste = getattr(args, "paste", PASTE_MODES[0])
+    labels = None
+    if targets is not None:  # every face has its own strength: the columns are the targets
+        labels = target_headers(attribute, targets)
+        title = (f"{attribute} to the predictor's {'yaw' if attribute == POSE else 'probability'} per column "
+                 f"({method}, {walk_mode} walk" + (f", keep {', '.join(keep)}" if keep else "") + ")")
+    edit_grid(decoded, columns if targets is None else np.zeros(len(targets)), paths["png"], title=title,
+              row_labels=source["labels"], marked_column=marked, input_images=inputs, column_labels=labels)
+    edit_gif(decoded, paths["gif"], strengths=columns if targets is None else None, captions=labels)
     pasted = []
     if "photos" in source:
-        unedited = _decode_walk(model, base[:, None], batch_size, False)[:, 0] if paste == "change" else None
-        pasted = paste_edits(source["photos"], decoded, strengths, out_dir, attribute, unedited)
+        if paste == "change" and unedited is None:
+            unedited = _decode_walk(model, base[:, None], batch_size, False)[:, 0]
+        pasted = paste_edits(source["photos"], decoded, columns, out_dir, attribute,
+                             unedited if paste == "change" else None, names=names)
     record = {
         "attribute": attribute, "keep": keep, "method": method, "walk": walk_mode,
-        "strengths": [round(float(a), 6) for a in strengths], "marked_column": marked,
+        "strengths": [round(float(a), 6) for a in strengths] if targets is None else None,
+        "marked_column": marked,
         "source": source["source"], "seed": source["source"].get("seed", getattr(args, "seed", None)),
         "direction": {"file": str(direction_path(run_dir, attribute, method)) + ".npz",
                       "scale": direction.scale, "offset": direction.offset, "keep": list(direction.keep),
@@ -552,12 +713,21 @@ def run_edit(model: EditableModel, run_dir, args, find_direction: FindDirection,
         "model": type(model).__name__, "latent_dim": int(model.latent_dim), "resolution": int(model.resolution),
         "run_dir": str(run_dir), "outputs": {kind: str(path) for kind, path in paths.items()},
     }
+    if target_section is not None:
+        record["target"] = target_section
     if pasted:
         record["outputs"]["photos"] = pasted
         record["paste"] = paste
     atomic_write_text(paths["json"], json.dumps(_json_ready(record), indent=2) + "\n")
     if progress:
-        print(f"wrote {paths['png']}, {paths['gif']} and {paths['json']} ({len(base)} faces x {steps} strengths)")
+        print(f"wrote {paths['png']}, {paths['gif']} and {paths['json']} ({len(base)} faces x {steps} "
+              f"{'strengths' if targets is None else 'targets'})")
+        if target_section is not None:
+            for header, reached in zip(target_section["labels"], np.transpose(target_section["reached"]),
+                                       strict=True):
+                print(f"{attribute} {header}: reached by {int(np.sum(reached))} of {len(reached)} faces")
+            if target_section["never_reached"]:
+                print(f"never reached (within --range {lo:g} {hi:g}): {', '.join(target_section['never_reached'])}")
         for entry in pasted:
             print(f"pasted into {entry['photo']}: {len(entry['jpg'])} JPEGs and {entry['gif']}")
     return {"images": decoded, "latents": walked, "base_latents": base, "inputs": inputs,

@@ -131,10 +131,12 @@ def strength_label(a: float) -> str:
 
 def edit_grid(images, strengths: Sequence[float], path, title: str | None = None,
               row_labels: Sequence[str] | None = None, marked_column: int | None = None, input_images=None,
-              upscale: int | None = None, resample: str = "nearest") -> Path:
+              upscale: int | None = None, resample: str = "nearest",
+              column_labels: Sequence[str] | None = None) -> Path:
     """Write a labelled PNG of edits: rows are images, columns are strengths.
 
-    images [R, S, 3, H, W] in [-1, 1]; strengths [S] become the column headers; ``marked_column`` (the
+    images [R, S, 3, H, W] in [-1, 1]; strengths [S] become the column headers (or ``column_labels`` [S], e.g.
+    the targets of a walk in attribute units, "p=0.90"); ``marked_column`` (the
     unedited a = 0 column) is outlined; ``input_images`` [R, 3, H, W] add a first "input" column;
     ``row_labels`` [R] are written left of the rows. Returns the path written.
     """
@@ -145,6 +147,9 @@ def edit_grid(images, strengths: Sequence[float], path, title: str | None = None
     strengths = [float(a) for a in strengths]
     if len(strengths) != steps:
         raise ValueError(f"strengths: expected {steps} values (one per column), got {len(strengths)}")
+    headers = [strength_label(a) for a in strengths] if column_labels is None else [str(c) for c in column_labels]
+    if len(headers) != steps:
+        raise ValueError(f"column_labels: expected {steps} labels (one per column), got {len(headers)}")
     if marked_column is not None and not 0 <= marked_column < steps:
         raise ValueError(f"marked_column: expected 0..{steps - 1}, got {marked_column}")
     if row_labels is not None and len(row_labels) != rows:
@@ -177,9 +182,9 @@ def edit_grid(images, strengths: Sequence[float], path, title: str | None = None
         _centred(draw, title, 0, 0, width, font, TEXT_COLOUR)
     if inputs is not None:
         _centred(draw, "input", label_width + PAD, header_top, cell, font, TEXT_COLOUR)
-    for j, a in enumerate(strengths):
+    for j, header in enumerate(headers):
         colour = MARK_COLOUR if j == marked_column else TEXT_COLOUR
-        _centred(draw, strength_label(a), first_edit_x + j * (cell + PAD), header_top, cell, font, colour)
+        _centred(draw, header, first_edit_x + j * (cell + PAD), header_top, cell, font, colour)
     for i in range(rows):
         y = grid_top + i * (cell + PAD)
         if row_labels is not None:
@@ -204,10 +209,11 @@ def gif_frame_order(steps: int) -> list[int]:
 
 
 def edit_gif(images, path, duration_ms: int = 120, strengths: Sequence[float] | None = None,
-             upscale: int | None = None, resample: str = "nearest") -> Path:
+             upscale: int | None = None, resample: str = "nearest", captions: Sequence[str] | None = None) -> Path:
     """Write an animated GIF sweeping the strengths forward and back; each frame is the row of R images.
 
-    images [R, S, 3, H, W] in [-1, 1]. With ``strengths`` a caption under each frame shows its strength.
+    images [R, S, 3, H, W] in [-1, 1]. With ``strengths`` a caption under each frame shows its strength;
+    ``captions`` [S] give each frame's caption instead (e.g. "p=0.90").
     Pillow folds identical consecutive frames into one, so without captions a sweep that changes nothing
     has fewer frames.
     """
@@ -215,12 +221,14 @@ def edit_gif(images, path, duration_ms: int = 120, strengths: Sequence[float] | 
     if pixels.ndim != 5:
         raise ValueError(f"images: expected [R, S, 3, H, W], got shape {tuple(np.shape(images))}")
     rows, steps, height = pixels.shape[0], pixels.shape[1], pixels.shape[2]
-    if strengths is not None and len(strengths) != steps:
-        raise ValueError(f"strengths: expected {steps} values (one per frame), got {len(strengths)}")
+    if captions is None and strengths is not None:
+        captions = [f"strength {strength_label(float(a))}" for a in strengths]
+    if captions is not None and len(captions) != steps:
+        raise ValueError(f"strengths: expected {steps} values (one per frame), got {len(captions)}")
     factor = auto_upscale(height, upscale)
     cell = height * factor
     font = _font()
-    caption = LINE + PAD if strengths is not None else 0
+    caption = LINE + PAD if captions is not None else 0
     width = PAD + rows * (cell + PAD)
     total_height = PAD + cell + PAD + caption
     frames = []
@@ -228,9 +236,8 @@ def edit_gif(images, path, duration_ms: int = 120, strengths: Sequence[float] | 
         frame = Image.new("RGB", (width, total_height), BACKGROUND)
         for i in range(rows):
             frame.paste(_to_pil(pixels[i, j], factor, resample), (PAD + i * (cell + PAD), PAD))
-        if strengths is not None:
-            _centred(ImageDraw.Draw(frame), f"strength {strength_label(float(strengths[j]))}", 0,
-                     PAD + cell + PAD // 2, width, font, TEXT_COLOUR)
+        if captions is not None:
+            _centred(ImageDraw.Draw(frame), str(captions[j]), 0, PAD + cell + PAD // 2, width, font, TEXT_COLOUR)
         frames.append(frame)
     return atomic_save(frames[0], path, "GIF", save_all=True, append_images=frames[1:], duration=duration_ms,
                        loop=0)

@@ -108,20 +108,71 @@ def crossing(scores: np.ndarray, strengths: np.ndarray, target: np.ndarray) -> t
 
 def walk_to_target(latents: torch.Tensor, direction: Direction, walk_mode: str, target: np.ndarray,
                    decode: Callable[[torch.Tensor], torch.Tensor], score: Callable[[torch.Tensor], np.ndarray],
-                   strengths: np.ndarray = DEFAULT_STRENGTHS) -> dict:
-    """Walk each latent [P, D] until ``score`` (images -> [n]) of its decoded face reaches ``target`` [P].
+                   strengths: np.ndarray = DEFAULT_STRENGTHS, refine: int = 0) -> dict:
+    """Walk each latent [P, D] until ``score`` (images -> [n]) of its decoded face reaches ``target``: [P] (one
+    per face) or [P, T] (T per face, one grid of decodes shared by them).
 
-    Returns {"strength" [P], "reached" [P], "images" [P, 3, H, W] decoded at each face's own strength,
-    "grid_scores" [P, S]}.
+    The crossing is interpolated between the grid points of ``strengths`` [S]; ``refine`` more decodes per
+    reached target then narrow its bracket (false position, Illinois), keeping the strength whose score is
+    closest. Returns {"strength", "reached", "score" (the score of the returned face)} shaped like ``target``,
+    "images" [P, 3, H, W] or [P, T, 3, H, W] decoded at each face's own strength, their "latents" [P, D] or
+    [P, T, D], and "grid_scores" [P, S].
     """
     strengths = np.asarray(strengths, dtype=np.float64)
+    goals = np.asarray(target, dtype=np.float64)
+    shape = goals.shape
+    goals = goals.reshape(len(latents), -1)  # [P, T]
+    count = goals.shape[1]
     walked = torch.as_tensor(walk(latents.double().numpy(), direction, strengths, walk_mode)).float()  # [P, S, D]
-    grid = score(decode(walked.flatten(0, 1))).reshape(len(latents), len(strengths))  # [P, S]
-    strength, reached = crossing(grid, strengths, target)
-    final = torch.stack([torch.as_tensor(walk(latents[p:p + 1].double().numpy(), direction,
-                                               strength[p:p + 1], walk_mode)).float()[0, 0]
-                         for p in range(len(latents))])  # [P, D]
-    return {"strength": strength, "reached": reached, "images": decode(final), "grid_scores": grid}
+    grid = np.asarray(score(decode(walked.flatten(0, 1))), dtype=np.float64).reshape(len(latents), len(strengths))
+    rows = np.repeat(np.arange(len(latents)), count)  # [P*T], the face of each (face, target)
+    goal = goals.ravel()  # [P*T]
+    strength, reached = crossing(grid[rows], strengths, goal)  # [P*T]
+
+    def evaluate(which: np.ndarray, at: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """The (face, target) entries ``which`` walked to strengths ``at``: (latents [n, D], images, scores [n])."""
+        moved = torch.stack([torch.as_tensor(walk(latents[r:r + 1].double().numpy(), direction, at[i:i + 1],
+                                                  walk_mode)).float()[0, 0]
+                             for i, r in enumerate(rows[which])])  # [n, D]
+        images = decode(moved)
+        return moved, images, np.asarray(score(images), dtype=np.float64).reshape(-1)
+
+    everyone = np.arange(len(goal))
+    found, images, value = evaluate(everyone, strength)
+    images = images.clone()
+    # the grid interval holding each reached crossing: its ends have scores on either side of the goal
+    s = np.clip(np.searchsorted(strengths, strength, side="right") - 1, 0, max(len(strengths) - 2, 0))
+    lo_a, hi_a = strengths[s], strengths[np.minimum(s + 1, len(strengths) - 1)]
+    lo_f, hi_f = grid[rows, s] - goal, grid[rows, np.minimum(s + 1, len(strengths) - 1)] - goal
+    bracketed = reached & (lo_f * hi_f < 0)
+    x, f, side = strength.copy(), value - goal, np.zeros(len(goal), dtype=np.int8)
+    for _ in range(max(0, int(refine))):
+        low = np.sign(f) == np.sign(lo_f)  # x replaces the end whose score is on its side of the goal
+        lo_a, lo_f = np.where(low, x, lo_a), np.where(low, f, lo_f)
+        hi_a, hi_f = np.where(low, hi_a, x), np.where(low, hi_f, f)
+        replaced = np.where(low, 1, -1).astype(np.int8)
+        lo_f = np.where((replaced == side) & (side == -1), lo_f / 2, lo_f)  # Illinois: an end kept twice counts half
+        hi_f = np.where((replaced == side) & (side == 1), hi_f / 2, hi_f)
+        side = replaced
+        active = np.flatnonzero(bracketed & (f != 0) & (lo_f != hi_f))
+        if not len(active):
+            break
+        x = x.copy()
+        x[active] = lo_a[active] + lo_f[active] / (lo_f[active] - hi_f[active]) * (hi_a[active] - lo_a[active])
+        tried_latents, tried, tried_value = evaluate(active, x[active])
+        f = f.copy()
+        f[active] = tried_value - goal[active]
+        better = active[np.abs(tried_value - goal[active]) < np.abs(value[active] - goal[active])]
+        keep = np.isin(active, better)
+        strength[better], value[better] = x[better], tried_value[keep]
+        images[better] = tried[torch.from_numpy(keep)]
+        found[better] = tried_latents[torch.from_numpy(keep)]
+    images = images.reshape(len(latents), count, *images.shape[1:])
+    found = found.reshape(len(latents), count, -1)
+    if len(shape) == 1:
+        images, found = images[:, 0], found[:, 0]
+    return {"strength": strength.reshape(shape), "reached": reached.reshape(shape), "score": value.reshape(shape),
+            "images": images, "latents": found, "grid_scores": grid}
 
 
 def pair_metrics(candidate: torch.Tensor, target: torch.Tensor, candidate_features: np.ndarray,

@@ -2,6 +2,7 @@
 
     python scripts/edit_glow.py --run runs/glow/synthetic --attribute Smiling --keep Mouth_Slightly_Open \\
         [--method mean|boundary|cflow] [--images a.jpg | --num 8 --seed 0 --temperature 0.7] [--range -3 3 --steps 7]
+        [--target P ... --predictor runs/predictor/synthetic]
 
 Glow's encoder is the exact inverse of its decoder, so the unedited column reproduces the input exactly (on the
 model's n_bits grid). Directions are found in the standardised latent space of all levels flattened, from the
@@ -15,7 +16,8 @@ an average negative to an average positive for ``mean``). Writes ``<out>/<attrib
 Photos given with ``--images`` (files or folders) are aligned like CelebA first (the largest face, 5 landmarks,
 common/align.py; ``--no-align`` for crops that already are), and each edit is pasted back into its photo:
 ``<out>/<photo stem>-<attribute>-<strength>.jpg`` per strength and ``<photo stem>-<attribute>.gif``
-(docs/own-photos.md).
+(docs/own-photos.md). ``--target P ...`` walks each face until the ``--predictor`` reads P (strength in attribute
+units; the columns are the targets, the JSON's "target" section has each face's strength).
 """
 
 from __future__ import annotations
@@ -28,10 +30,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.attributes import resolve_attribute  # noqa: E402
 from common.cli import UserError, run_main  # noqa: E402
 from common.editing import (  # noqa: E402
     add_edit_arguments,
     encoder_direction,
+    load_target_predictor,
+    parse_targets,
     resolve_device,
     run_cache_dir,
     run_edit,
@@ -51,8 +56,11 @@ def main() -> int:
                         "scripts/train_glow.py)")
     if args.temperature <= 0:
         raise UserError(f"--temperature {args.temperature}: expected a positive number")
+    parse_targets(args.target, resolve_attribute(args.attribute))  # a bad target fails before the model is loaded
 
-    model = load_model_from_run(run_dir, resolve_device(args.device))
+    device = resolve_device(args.device)
+    predictor = load_target_predictor(args, device)  # None without --target
+    model = load_model_from_run(run_dir, device)
     sample = model.sample_latents
     model.sample_latents = lambda n, generator=None, temperature=args.temperature: sample(n, generator, temperature)
 
@@ -66,7 +74,7 @@ def main() -> int:
         return encoder_direction(model, CelebACache(cache_dir, "train"), attribute, method,
                                  batch_size=args.batch_size, max_images=args.max_train_images)
 
-    result = run_edit(model, run_dir, args, find_direction)
+    result = run_edit(model, run_dir, args, find_direction, predictor=predictor)
 
     marked = result["record"].get("marked_column")
     if result["inputs"] is not None and marked is not None:

@@ -2,7 +2,7 @@
 
     python scripts/edit_interface_gan.py --run runs/pggan/synthetic --attribute Smiling --keep Mouth_Slightly_Open \\
         [--method boundary|mean|pca:K|sefa:K] [--num 8 --seed 0 | --images photo.jpg] [--predictor RUN]
-        [--samples 20000] [--range -3 3 --steps 7] [--walk sphere|relative|absolute] [--out DIR]
+        [--samples 20000] [--range -3 3 --steps 7 | --target P ...] [--walk sphere|relative|absolute] [--out DIR]
     python scripts/edit_interface_gan.py --run runs/pggan/synthetic --attribute pose --list-components
 
 Directions come from N generated samples scored by the attribute predictor (RUN/directions/samples.npz, reused):
@@ -12,6 +12,8 @@ GANSpace (pca) or SeFa; --keep projects the --keep attributes' boundaries out (c
 PSNR in the JSON). Walks default to great circles on the sqrt(D) sphere. Writes
 ``<out>/<attribute>[-keep-...]-<method>.png``, ``.gif`` and ``.json`` (default out: RUN/edits/); the JSON also
 holds the predictor's mean scores of the edited attribute, the kept ones and --measure ones per strength (leakage).
+``--target P ...`` walks each face until the predictor reads P (strength in attribute units; the columns are the
+targets, the JSON's "target" section has each face's strength).
 Photos given with ``--images`` (files or folders) are aligned like CelebA first (the largest face, 5 landmarks,
 common/align.py; ``--no-align`` for crops that already are), and each edit is pasted back into its photo:
 ``<out>/<photo stem>-<attribute>-<strength>.jpg`` per strength and ``<photo stem>-<attribute>.gif``
@@ -33,7 +35,13 @@ import numpy as np  # noqa: E402
 from common.align import expand_image_paths  # noqa: E402
 from common.attributes import POSE, attribute_index, resolve_attribute  # noqa: E402
 from common.cli import UserError, run_main  # noqa: E402
-from common.editing import add_edit_arguments, parse_keep, resolve_device, run_edit  # noqa: E402
+from common.editing import (  # noqa: E402
+    add_edit_arguments,
+    parse_keep,
+    parse_targets,
+    resolve_device,
+    run_edit,
+)
 from interface_gan.boundaries import make_find_direction, sample_and_score  # noqa: E402
 from interface_gan.inversion import PGGANEditable, load_generator  # noqa: E402
 from interface_gan.pca import pca_with_null  # noqa: E402
@@ -60,10 +68,8 @@ def predicted_per_strength(predictor, images, names: list[str]) -> dict[str, lis
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_edit_arguments(parser, methods=("boundary", "mean", "pca", "sefa"))
-    parser.add_argument("--predictor", default=None,
-                        help="attribute predictor run that scores samples (default: the config's edit.predictor, "
-                             "runs/predictor/synthetic)")
+    add_edit_arguments(parser, methods=("boundary", "mean", "pca", "sefa"))  # with --predictor RUN (default:
+    # the config's edit.predictor), which scores the samples and steers --target
     parser.add_argument("--samples", type=int, default=None,
                         help="latents sampled and scored to find directions (default: the config's edit.samples)")
     parser.add_argument("--measure", default="",
@@ -74,6 +80,7 @@ def main() -> int:
                              "variance vs the isotropic null) and print it")
     args = parser.parse_args()
     attribute = resolve_attribute(args.attribute)
+    parse_targets(args.target, attribute)
     keep = parse_keep(args.keep)
     measured = [attribute, *keep] + [m for m in parse_keep(args.measure) if m not in (attribute, *keep)]
     if keep and args.method.partition(":")[0] in ("pca", "sefa"):
@@ -98,7 +105,8 @@ def main() -> int:
                         "scripts/train_predictor.py or pass --predictor RUN")
     from common.predictor import load_predictor
 
-    predictor = load_predictor(predictor_run, device)
+    predictor = load_predictor(predictor_run, device)  # scores the samples, and steers --target
+    args.predictor = str(predictor_run)  # recorded in the JSON's "target" section
     e = cfg.edit
     model = PGGANEditable(generator, device, predictor, steps=e.inversion_steps, lr=e.inversion_lr,
                           starts=e.inversion_starts, feature_weight=e.inversion_feature_weight, seed=args.seed)
@@ -113,7 +121,7 @@ def main() -> int:
 
     find_direction = make_find_direction(model, samples, e.boundary_fraction, e.ganspace_depth,
                                          e.ganspace_samples, seed=cfg.train.seed)
-    result = run_edit(model, run_dir, args, find_direction)
+    result = run_edit(model, run_dir, args, find_direction, predictor=predictor)
 
     record = result["record"]
     record["predicted"] = predicted_per_strength(predictor, result["images"], measured)

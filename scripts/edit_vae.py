@@ -2,6 +2,8 @@
 
     python scripts/edit_vae.py --run runs/vae/synthetic --attribute Smiling --keep Mouth_Slightly_Open \\
         [--method mean|boundary|cflow] [--images a.jpg b.png | --num 8 --seed 0] [--range -3 3 --steps 7] [--out DIR]
+    python scripts/edit_vae.py --run runs/vae/synthetic --attribute Smiling --target 0.1 0.5 0.9 \
+        --predictor runs/predictor/synthetic
 
 Images are encoded to their posterior means (user photos are aligned like CelebA first), moved along the
 direction found on the run's training split (mean difference or linear boundary of the encoded latents; ``pose``
@@ -11,7 +13,8 @@ straight line, see common/latent_flow.py), optionally made orthogonal to the ``-
 Photos given with ``--images`` (files or folders) are aligned like CelebA first (the largest face, 5 landmarks,
 common/align.py; ``--no-align`` for crops that already are), and each edit is pasted back into its photo:
 ``<out>/<photo stem>-<attribute>-<strength>.jpg`` per strength and ``<photo stem>-<attribute>.gif``
-(docs/own-photos.md).
+(docs/own-photos.md). ``--target P ...`` walks each face until the ``--predictor`` reads P (strength in attribute
+units; the columns are the targets, the JSON's "target" section has each face's strength).
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from common.cli import UserError, run_main  # noqa: E402
 from common.editing import (  # noqa: E402
     add_edit_arguments,
     encoder_direction,
+    load_target_predictor,
     parse_keep,
+    parse_targets,
     resolve_device,
     run_cache_dir,
     run_edit,
@@ -42,7 +47,7 @@ def main() -> int:
     add_edit_arguments(parser, methods=("mean", "boundary", "cflow"))
     args = parser.parse_args()
     # cheap checks first, so that a typo fails before the model is loaded
-    resolve_attribute(args.attribute)
+    parse_targets(args.target, resolve_attribute(args.attribute))
     parse_keep(args.keep)
     if args.images:
         expand_image_paths(args.images)  # a missing photo fails before the model is loaded
@@ -50,7 +55,9 @@ def main() -> int:
     if not (run_dir / "checkpoints").is_dir():
         raise UserError(f"{run_dir}: not a VAE run folder (expected {run_dir}/checkpoints/ from scripts/train_vae.py)")
 
-    model = load_model_from_run(run_dir, resolve_device(args.device))
+    device = resolve_device(args.device)
+    predictor = load_target_predictor(args, device)  # None without --target
+    model = load_model_from_run(run_dir, device)
     cache_dir = run_cache_dir(run_dir, model, args.cache)  # the run's training cache unless --cache is given
 
     def find_direction(attribute: str, method: str):
@@ -60,7 +67,7 @@ def main() -> int:
         return encoder_direction(model, CelebACache(cache_dir, "train"), attribute, method, batch_size=256,
                                  max_images=args.max_train_images)
 
-    run_edit(model, run_dir, args, find_direction)
+    run_edit(model, run_dir, args, find_direction, predictor=predictor)
     return 0
 
 

@@ -286,7 +286,7 @@ def test_unknown_attribute_names_it_with_a_suggestion(world, tmp_path):
 def test_edit_arguments_defaults_and_method_validation(capsys):
     args = parse(["--run", "r", "--attribute", "Smiling"])
     assert (args.method, args.range, args.steps, args.walk, args.split, args.device) == (
-        "mean", (-3.0, 3.0), 7, None, "test", "auto")
+        "mean", (-3.0, 3.0), None, None, "test", "auto")  # --steps None: 7 strengths, unless --target
     assert args.images is None and args.num is None and args.keep == ""
     assert parse(["--run", "r", "--attribute", "x", "--method", "pca:3"]).method == "pca:3"
     for bad in (["--method", "svm"], ["--method", "pca:x"], ["--images", "a.jpg", "--num", "2"]):
