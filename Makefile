@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint setup clean-demo docs-images gpu-check
+.PHONY: demo test lint setup clean-demo docs-images gpu-check app
 
 setup: $(STAMP)
 
@@ -40,3 +40,8 @@ docs-images: $(STAMP)
 # Extra options go in GPU_CHECK_ARGS, e.g. GPU_CHECK_ARGS="--out /tmp/report.json" or "--device cpu --quick".
 gpu-check: $(STAMP)
 	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(PY) scripts/gpu_check.py --out runs/gpu_check/report.json $(GPU_CHECK_ARGS)
+
+# The interactive editor (docs/editor.md) on the demo's runs (after `make demo`), at http://127.0.0.1:7860.
+# Extra options go in APP_ARGS, e.g. APP_ARGS="--port 8080" or "--host 0.0.0.0" (other machines can reach it).
+app: $(STAMP)
+	$(PY) scripts/app.py --runs runs/vae/synthetic runs/glow/synthetic runs/pggan/synthetic $(APP_ARGS)
