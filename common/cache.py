@@ -10,6 +10,10 @@ scales with the image, and the landmarks stay in the official 178x218 frame, as 
     yaw.npy          float32 [N]                   split.npy      int8 [N] (0 train, 1 valid, 2 test)
     factors.npy      float32 [N, F] (synthetic)    identity.npy   int32 [N] (when the source has it)
     filenames.txt    one source filename a line    manifest.json  what was built from what, ``complete: true``
+    attributes_known.npy  bool [N, 40] (own photos only: which attributes the labels file gives)
+
+``prepare_aligned_folder`` builds the same cache from a folder of any face photos: each one's largest face is
+detected and aligned to the 178x218 frame first (common/align.py), labels come from an optional CSV.
 
 The folder is built under a temporary name beside the target and renamed into place when finished, so an
 interrupted run never leaves a folder that passes as complete. A complete cache whose label checksums and
@@ -302,7 +306,7 @@ def _remove_stale_partials(out: Path) -> None:
 
 
 CACHE_FILES = {"images.u8", "attributes.npy", "landmarks.npy", "yaw.npy", "split.npy", "factors.npy", "identity.npy",
-               "filenames.txt", "manifest.json"}
+               "attributes_known.npy", "filenames.txt", "manifest.json"}
 
 
 def _refuse_foreign_folder(out: Path) -> None:
@@ -392,11 +396,7 @@ def prepare_cache(root: str | os.PathLike, resolution: int, out: str | os.PathLi
         say(f"--only-present: {len(index.missing)} of {index.listed} listed images are not in {index.image_dir} "
             f"(first: {', '.join(index.missing[:3])}); preparing the {len(index)} that are")
     source_size, source_format = probe_source(index.image_dir, index.image_files[0], resolution, upscale)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(out)
-    partial = out.parent / f".{out.name}.partial-{os.getpid()}-{int(start_time)}"
-    partial.mkdir()
-    try:
+    def fill(partial: Path) -> tuple[dict, list[str], dict]:
         shape = (len(index), resolution, resolution, 3)
         images_path = partial / "images.u8"
         np.memmap(images_path, dtype=np.uint8, mode="w+", shape=shape).flush()  # sized file the workers fill
@@ -406,31 +406,15 @@ def prepare_cache(root: str | os.PathLike, resolution: int, out: str | os.PathLi
         if not keep.any():
             raise CelebAFormatError(f"{index.image_dir}:0: none of the {len(index)} images could be decoded "
                                     f"(first: {index.filenames[0]}: {failures[0][1]}); expected 178x218 JPEGs")
-        if failures:  # compact the good rows into a fresh array
-            compact_shape = (int(keep.sum()), *shape[1:])
-            source = np.memmap(images_path, dtype=np.uint8, mode="r", shape=shape)
-            target = np.memmap(partial / "images.tmp", dtype=np.uint8, mode="w+", shape=compact_shape)
-            good = np.flatnonzero(keep)
-            for s in range(0, len(good), 4096):
-                target[s:s + 4096] = source[good[s:s + 4096]]
-            target.flush()
-            del source, target
-            os.replace(partial / "images.tmp", images_path)
-            shape = compact_shape
-        _save_npy(partial, "attributes", index.attributes[keep])
-        _save_npy(partial, "landmarks", index.landmarks[keep])
-        _save_npy(partial, "yaw", yaw_from_landmarks(index.landmarks[keep]).astype(np.float32))
-        _save_npy(partial, "split", index.partition[keep])
+        _compact_rows(images_path, shape, keep)
+        arrays = {"attributes": index.attributes[keep], "landmarks": index.landmarks[keep],
+                  "yaw": yaw_from_landmarks(index.landmarks[keep]).astype(np.float32), "split": index.partition[keep]}
         if index.factors is not None:
-            _save_npy(partial, "factors", index.factors[keep])
+            arrays["factors"] = index.factors[keep]
         if index.identity is not None:
-            _save_npy(partial, "identity", index.identity[keep])
+            arrays["identity"] = index.identity[keep]
         filenames = [name for name, k in zip(index.filenames, keep) if k]
-        (partial / "filenames.txt").write_text("".join(f"{name}\n" for name in filenames))
-        split = index.partition[keep]
         manifest = {
-            "format_version": FORMAT_VERSION,
-            "complete": True,
             "source_root": str(root.resolve()),
             "layout": layout.name,
             "layout_description": layout.describe(),
@@ -439,20 +423,63 @@ def prepare_cache(root: str | os.PathLike, resolution: int, out: str | os.PathLi
             "source_format": source_format,
             "crop_box": [round(v, 4) for v in crop_box_for(source_size)],  # in the source's pixels
             "upscaled": resolution > round(crop_side(source_size)),
-            "resize": "lanczos",
-            "image_file": "images.u8",
-            "image_shape": list(shape),
-            "num_images": shape[0],
-            "counts": {name: int((split == code).sum()) for name, code in SPLITS.items()},
-            "attribute_names": list(CELEBA_ATTRIBUTES),
             "factor_names": list(index.factor_names),
             "has_identity": index.identity is not None,
             "label_sha256": checksums,
             "skipped": [{"file": index.filenames[i], "error": message} for i, message in failures],
             "missing": {"count": len(index.missing), "of": index.listed, "first": index.missing[:20]},
-            "seconds": round(time.time() - start_time, 2),
         }
-        # The manifest is written last: a folder without it is never taken for a complete cache.
+        return arrays, filenames, manifest
+
+    manifest = _write_cache(out, fill, start_time)
+    for entry in manifest["skipped"]:
+        say(f"skipped {index.image_dir / entry['file']}: {entry['error']}")
+    say(f"wrote {out}: {manifest['num_images']} images at {resolution}x{resolution} ({manifest['counts']}) "
+        f"in {manifest['seconds']:.1f}s")
+    return out
+
+
+def _compact_rows(images_path: Path, shape: tuple, keep: np.ndarray) -> tuple:
+    """Drop the rows of the images memmap where ``keep`` [N] is False (in place, through a fresh file);
+    returns the new shape."""
+    if keep.all():
+        return shape
+    compact_shape = (int(keep.sum()), *shape[1:])
+    source = np.memmap(images_path, dtype=np.uint8, mode="r", shape=shape)
+    target_path = images_path.with_name("images.tmp")
+    target = np.memmap(target_path, dtype=np.uint8, mode="w+", shape=compact_shape)
+    good = np.flatnonzero(keep)
+    for s in range(0, len(good), 4096):
+        target[s:s + 4096] = source[good[s:s + 4096]]
+    target.flush()
+    del source, target
+    os.replace(target_path, images_path)
+    return compact_shape
+
+
+def _write_cache(out: Path, fill: Callable[[Path], tuple[dict, list[str], dict]], start_time: float) -> dict:
+    """Build a cache in a temporary folder beside ``out`` and rename it into place; returns the manifest.
+
+    ``fill(partial)`` writes ``images.u8`` into the folder and returns (arrays saved as ``<name>.npy`` (with
+    ``split`` [N] among them), the N file names, the source's own manifest entries). The common entries are added
+    here and the manifest is written last: a folder without it is never taken for a complete cache.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(out)
+    partial = out.parent / f".{out.name}.partial-{os.getpid()}-{int(start_time)}"
+    partial.mkdir()
+    try:
+        arrays, filenames, source_entries = fill(partial)
+        for name, array in arrays.items():
+            _save_npy(partial, name, array)
+        (partial / "filenames.txt").write_text("".join(f"{name}\n" for name in filenames))
+        split = arrays["split"]
+        shape = (len(filenames), source_entries["resolution"], source_entries["resolution"], 3)
+        manifest = {"format_version": FORMAT_VERSION, "complete": True, **source_entries,
+                    "resize": "lanczos", "image_file": "images.u8", "image_shape": list(shape),
+                    "num_images": shape[0],
+                    "counts": {name: int((split == code).sum()) for name, code in SPLITS.items()},
+                    "attribute_names": list(CELEBA_ATTRIBUTES), "seconds": round(time.time() - start_time, 2)}
         (partial / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         if out.exists():
             old = out.parent / f".{out.name}.partial-{os.getpid()}-old"
@@ -464,18 +491,14 @@ def prepare_cache(root: str | os.PathLike, resolution: int, out: str | os.PathLi
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    for i, message in failures:
-        say(f"skipped {index.image_dir / index.filenames[i]}: {message}")
-    say(f"wrote {out}: {shape[0]} images at {resolution}x{resolution} ({manifest['counts']}) "
-        f"in {manifest['seconds']:.1f}s")
-    return out
+    return manifest
 
 
-# ----------------------------------------------------------------------------------------------- dataset
-
+# ----------------------------------------------------------------------------------------------- own photos
 
 class CelebACache(torch.utils.data.Dataset):
-    """One split of a prepared cache; items are dicts of float tensors (images in [-1, 1]).
+    """One split of a prepared cache; items are dicts of float tensors (images in [-1, 1]), plus ``known``
+    (bool [40]) in a cache with unknown labels (``known()`` gives the split's mask in every cache).
 
     ``hflip=True`` flips each image left-right with probability 1/2 and then negates its yaw (and the
     synthetic factors that a mirror negates: ``yaw`` and the left-right ``lighting`` gradient). The memmap is opened lazily in each process, so the dataset pickles cheaply
@@ -509,6 +532,8 @@ class CelebACache(torch.utils.data.Dataset):
                         else np.flatnonzero(split_codes == SPLITS[split]).astype(np.int64))  # [n] rows of the cache
         self._attributes = np.load(self.cache_dir / "attributes.npy")  # [N, 40] int8
         self._yaw = np.load(self.cache_dir / "yaw.npy")  # [N]
+        known_path = self.cache_dir / "attributes_known.npy"  # own-photo caches: which labels are known
+        self._known = np.load(known_path) if known_path.exists() else None  # [N, 40] bool, None = all known
         factors_path = self.cache_dir / "factors.npy"
         self._factors = (np.load(factors_path) if factors_path.exists()
                          else np.zeros((len(split_codes), 0), dtype=np.float32))  # [N, F]
@@ -553,6 +578,13 @@ class CelebACache(torch.utils.data.Dataset):
         return (self._attributes[self.indices].astype(np.float32), self._yaw[self.indices].astype(np.float32),
                 self._factors[self.indices].astype(np.float32))
 
+    def known(self) -> np.ndarray:
+        """bool [n, 40]: which of ``labels()``'s attributes are known (all of them, unless the cache was prepared
+        from a folder of photos with a partial labels file); an unknown one reads 0 in ``labels()``."""
+        if self._known is None:
+            return np.ones((len(self.indices), len(CELEBA_ATTRIBUTES)), dtype=bool)
+        return self._known[self.indices]
+
     # -- Dataset protocol ------------------------------------------------------------------------------
 
     def __len__(self) -> int:
@@ -574,6 +606,8 @@ class CelebACache(torch.utils.data.Dataset):
             "yaw": torch.from_numpy(yaw),
             "factors": torch.from_numpy(factors),
             "index": torch.from_numpy(rows),  # [n] rows of the cache (a fresh array from the fancy index)
+            # bool [n, 40], only in caches with unknown labels (absent = all known)
+            **({"known": torch.from_numpy(self._known[rows])} if self._known is not None else {}),
         }
 
     def _batch(self, positions: np.ndarray, flip: torch.Tensor | None) -> dict[str, torch.Tensor]:

@@ -48,6 +48,7 @@ from common.grids import atomic_save, edit_gif, edit_grid, gif_frame_order, to_u
 DEFAULT_CACHE_IMAGES = 8  # faces edited when neither --images nor --num is given
 DEFAULT_MAX_TRAIN_IMAGES = 20000  # encoded training images for a direction: plenty for a mean or a boundary
 POSE_BOUNDARY_RATIO = 0.3  # pose boundary: keep the top and bottom 30% of yaw
+MIN_LABELS_PER_CLASS = 5  # fewer known positives or negatives: a --predictor's scores label the images instead
 CONV_FLOW_HIDDEN, CONV_FLOW_EPOCHS = 128, 20  # the convolutional latent flow: channels, epochs (~30 s each here)
 ENCODER_METHODS = ("mean", "boundary", "cflow")  # cflow: pose only, a conditional flow on the latents
 WALKS = ("relative", "absolute", "sphere")
@@ -154,7 +155,8 @@ def add_edit_arguments(parser: argparse.ArgumentParser, methods: Sequence[str] =
     parser.add_argument("--predictor", default=None,
                         help="attribute predictor run (scripts/train_predictor.py) that reads the faces for "
                              "--target (required with it for the VAE and Glow; the GAN also scores its samples "
-                             "with it, default: its config's edit.predictor)")
+                             "with it, default: its config's edit.predictor); for the VAE and Glow it also labels "
+                             "a cache of own photos that lacks the attribute's labels")
     parser.add_argument("--walk", choices=WALKS, default=None,
                         help="relative: z + a*n; absolute: set the distance to the boundary; sphere: great "
                              "circle (default: sphere for models with latents on a sphere, else relative)")
@@ -298,16 +300,67 @@ def _encode_positions(model: EditableModel, cache, positions: np.ndarray, batch_
     return torch.cat(latents)
 
 
+def _subset(rows: np.ndarray, max_images: int, seed: int) -> np.ndarray:
+    """At most ``max_images`` of ``rows``: a seeded random subset, representative and the same on every call."""
+    if len(rows) <= max_images:
+        return rows
+    return rows[np.sort(np.random.default_rng(seed).choice(len(rows), size=max_images, replace=False))]
+
+
+def _binary_labels(cache, attribute: str, max_images: int, seed: int, predictor, predictor_device,
+                   batch_size: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """The training images a binary attribute's direction is fitted on -> (positions [n], labels bool [n], where
+    the labels came from): the cache's known labels, or, where it has too few of either class and a
+    ``predictor`` (a run folder or a loaded AttributePredictor) is given, its scores (probability > 0.5) on the
+    images, as InterFaceGAN labels GAN samples. One-line DirectionErrors otherwise."""
+    attributes = np.asarray(cache.labels()[0])
+    column = attribute_index(attribute)
+    known_of = getattr(cache, "known", None)  # CelebACache.known(); a cache-like without it has every label
+    known = np.asarray(known_of()[:, column], bool) if known_of is not None else np.ones(len(attributes), bool)
+    values = attributes[:, column] > 0.5  # [N]
+    positives, negatives = int((values & known).sum()), int((~values & known).sum())
+    if min(positives, negatives) >= MIN_LABELS_PER_CLASS or (predictor is None and positives and negatives):
+        rows = _subset(np.flatnonzero(known), max_images, seed)
+        return rows, values[rows], "labels"
+    hint = "; pass --predictor RUN to label the images with an attribute predictor (scripts/train_predictor.py)"
+    if predictor is None:
+        if not known.any():
+            raise DirectionError(f"{attribute}: the cache has no {attribute} labels for its {len(known)} training "
+                                 f"images{hint}")
+        raise DirectionError(f"{attribute}: all {int(known.sum())} training images have the label "
+                             f"{int(positives > 0)}; a direction needs examples of both"
+                             + (hint if not known.all() else ""))
+    from common.predictor import load_predictor, score_images
+
+    source = "predictor" if isinstance(predictor, torch.nn.Module) else f"predictor {predictor}"
+    if not isinstance(predictor, torch.nn.Module):
+        if not Path(predictor).is_dir():
+            raise UserError(f"{predictor}: predictor run not found (needed to label the {attribute} images); train "
+                            "one with scripts/train_predictor.py")
+        predictor = load_predictor(predictor, predictor_device)
+    rows = _subset(np.arange(len(attributes)), max_images, seed)
+    probs = [score_images(predictor, cache.images_uint8(rows[s:s + batch_size]), batch_size)["probs"][:, column]
+             for s in range(0, len(rows), batch_size)]
+    labels = torch.cat(probs).numpy() > 0.5  # [n]
+    if labels.all() or not labels.any():
+        raise DirectionError(f"{attribute}: the {source} reads all {len(labels)} training images as "
+                             f"{'positive' if labels.all() else 'negative'}; a direction needs examples of both")
+    return rows, labels, source
+
+
 def encoder_direction(model: EditableModel, cache, attribute: str, method: str, batch_size: int = 256,
                       progress: bool = True, max_images: int = DEFAULT_MAX_TRAIN_IMAGES,
-                      seed: int = 0) -> Direction:
+                      seed: int = 0, predictor=None, predictor_device="cpu") -> Direction:
     """A direction for models with an encoder: encode (up to ``max_images`` of) the cache's split and fit.
 
     ``cache`` is a CelebACache-like dataset (items are dicts with "image"; ``labels()`` returns
-    (attributes [n, 40], yaw [n], factors)). Binary attributes: ``mean`` is the mean difference of the
-    positives' and negatives' latents, ``boundary`` a linear boundary fitted on every sample with its own
-    label. ``pose`` uses the yaw score: the least-squares latent change per standard deviation of yaw (strength
-    1 = one std of the training yaw, so +-2 spans the data), or a boundary on the top and bottom 30% of yaw.
+    (attributes [n, 40], yaw [n], factors), ``known()`` which labels are known). Binary attributes: ``mean`` is
+    the mean difference of the positives' and negatives' latents, ``boundary`` a linear boundary fitted on every
+    sample with its own label; only images with a known label count, and where the cache has fewer than
+    MIN_LABELS_PER_CLASS of either class (own photos without labels) the ``predictor`` (run folder or model, on
+    ``predictor_device``) labels them instead (``metrics["label_source"]`` says which). ``pose`` uses the yaw
+    score from the landmarks: the least-squares latent change per standard deviation of yaw (strength 1 = one
+    std of the training yaw, so +-2 spans the data), or a boundary on the top and bottom 30% of yaw.
     """
     attribute = resolve_attribute(attribute)
     name = method.partition(":")[0]
@@ -317,15 +370,13 @@ def encoder_direction(model: EditableModel, cache, attribute: str, method: str, 
     if name == "cflow" and attribute != POSE:
         raise DirectionError(f"--method cflow edits the continuous pose score; for {attribute} use mean or "
                              "boundary")
-    attributes, yaw, _ = cache.labels()
+    _, yaw, _ = cache.labels()
     count = len(yaw)
     if count == 0:
         raise DirectionError(f"the cache split has no images to find the {attribute} direction from")
-    positions = np.arange(count)
-    if count > max_images:  # a seeded random subset: representative, and the same on every call
-        positions = np.sort(np.random.default_rng(seed).choice(count, size=max_images, replace=False))
-    latents = _encode_positions(model, cache, positions, batch_size, progress).double().numpy()  # [n, D]
     if attribute == POSE:
+        positions = _subset(np.arange(count), max_images, seed)
+        latents = _encode_positions(model, cache, positions, batch_size, progress).double().numpy()  # [n, D]
         score = np.asarray(yaw, dtype=np.float64)[positions]  # [n]
         if name == "cflow":
             return pose_latent_flow(model, cache, positions, latents, score, batch_size, progress, seed, method)
@@ -333,17 +384,17 @@ def encoder_direction(model: EditableModel, cache, attribute: str, method: str, 
             direction = regression_direction(latents, score)
         else:
             direction = linear_boundary(latents, score, ratio=POSE_BOUNDARY_RATIO, seed=seed)
+        direction.metrics["label_source"] = "yaw from the landmarks"
     else:
-        labels = np.asarray(attributes, dtype=np.float64)[positions, attribute_index(attribute)] > 0.5  # [n]
+        positions, labels, source = _binary_labels(cache, attribute, max_images, seed, predictor, predictor_device,
+                                                   batch_size)
+        latents = _encode_positions(model, cache, positions, batch_size, progress).double().numpy()  # [n, D]
         positives = int(labels.sum())
-        if positives == 0 or positives == len(labels):
-            raise DirectionError(f"{attribute}: all {len(labels)} training images have the label "
-                                 f"{int(labels[0])}; a direction needs examples of both")
         if name == "mean":
             direction = mean_difference(latents, labels)
         else:
             direction = linear_boundary(latents, labels.astype(np.float64), ratio=0.5, seed=seed)
-        direction.metrics["positive_fraction"] = round(positives / len(labels), 6)
+        direction.metrics.update(positive_fraction=round(positives / len(labels), 6), label_source=source)
     direction.attribute, direction.method = attribute, method
     direction.metrics["n_images"] = int(len(positions))
     return direction

@@ -175,15 +175,23 @@ def standardise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch
 
 def predictor_loss(outputs: dict[str, torch.Tensor], attributes: torch.Tensor, yaw: torch.Tensor,
                    factors: torch.Tensor, model: AttributePredictor, attribute_weight: float = 1.0,
-                   yaw_weight: float = 1.0, factor_weight: float = 1.0) -> dict[str, torch.Tensor]:
+                   yaw_weight: float = 1.0, factor_weight: float = 1.0,
+                   known: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Training loss terms (float32 scalars) for one batch.
 
     attributes ``[B, 40]`` in {0, 1}, yaw ``[B]``, factors ``[B, F]`` in data units. ``attributes`` is the
-    binary cross-entropy with logits averaged over the 40 attributes and the batch; ``yaw`` and ``factors`` are
-    mean squared errors of standardised targets (so 1.0 = predicting the mean); ``total`` is the weighted sum.
+    binary cross-entropy with logits averaged over the 40 attributes and the batch, or, given ``known`` (bool
+    ``[B, 40]``, a cache of own photos with a partial labels file), over the known (image, attribute) entries only
+    (0 when none is known); ``yaw`` and ``factors`` are mean squared errors of standardised targets (so 1.0 =
+    predicting the mean); ``total`` is the weighted sum.
     """
     logits = outputs["logits"].float()  # [B, 40]
-    bce = F.binary_cross_entropy_with_logits(logits, attributes.float())
+    if known is None:
+        bce = F.binary_cross_entropy_with_logits(logits, attributes.float())
+    else:
+        mask = known.to(logits.device, torch.float32)  # [B, 40]
+        per_entry = F.binary_cross_entropy_with_logits(logits, attributes.float(), reduction="none")  # [B, 40]
+        bce = (per_entry * mask).sum() / mask.sum().clamp_min(1.0)
     yaw_pred = standardise(outputs["yaw"].float(), model.yaw_mean, model.yaw_std)  # [B]
     yaw_mse = F.mse_loss(yaw_pred, standardise(yaw.float(), model.yaw_mean, model.yaw_std))
     if model.num_factors > 0:
@@ -211,14 +219,24 @@ def learning_rate(base_lr: float, images_seen: int, total_images: int, warmup_im
 # ------------------------------------------------------------------------------------------------ metrics
 
 
-def attribute_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-attribute accuracy ``[40]`` of thresholding logits at 0 against {0, 1} targets ``[N, 40]``."""
-    return ((logits > 0).float() == targets.float()).float().mean(dim=0)
+def attribute_accuracy(logits: torch.Tensor, targets: torch.Tensor, known: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-attribute accuracy ``[40]`` of thresholding logits at 0 against {0, 1} targets ``[N, 40]``; with
+    ``known`` (bool ``[N, 40]``) over the known entries only (nan for an attribute with none)."""
+    right = ((logits > 0).float() == targets.float()).float()  # [N, 40]
+    if known is None:
+        return right.mean(dim=0)
+    mask = known.float()
+    return (right * mask).sum(dim=0) / mask.sum(dim=0)  # 0/0 = nan where nothing is known
 
 
-def majority_baseline(targets: torch.Tensor) -> torch.Tensor:
-    """Per-attribute accuracy ``[40]`` of always answering the split's majority class (what 'high' is against)."""
-    share = targets.float().mean(dim=0)
+def majority_baseline(targets: torch.Tensor, known: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-attribute accuracy ``[40]`` of always answering the split's majority class (what 'high' is against);
+    with ``known`` over the known entries only (nan for an attribute with none)."""
+    if known is None:
+        share = targets.float().mean(dim=0)
+    else:
+        mask = known.float()
+        share = (targets.float() * mask).sum(dim=0) / mask.sum(dim=0)
     return torch.maximum(share, 1 - share)
 
 
@@ -230,34 +248,54 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a @ b) / denom) if denom > 0 else float("nan")
 
 
+def _mean_or_none(values: torch.Tensor) -> float | None:
+    """The mean of the finite values (None when there are none): an attribute with no known labels is skipped."""
+    finite = values[torch.isfinite(values)]
+    return float(finite.mean()) if len(finite) else None
+
+
 def prediction_metrics(outputs: dict[str, torch.Tensor], attributes: torch.Tensor, yaw: torch.Tensor,
                        factors: torch.Tensor, factor_names: Sequence[str],
-                       modelled: Sequence[str] = ()) -> dict:
+                       modelled: Sequence[str] = (), known: torch.Tensor | None = None) -> dict:
     """Validation metrics from concatenated outputs and labels (all ``[N, ...]`` CPU tensors).
 
     Returns per-attribute accuracy and majority baseline, the means over all 40 and over ``modelled``
     (the attributes the synthetic generator actually draws; the others are label noise there), yaw MAE and
-    Pearson correlation, and per-factor correlation and MAE.
+    Pearson correlation, and per-factor correlation and MAE. With ``known`` (bool ``[N, 40]``) the accuracies
+    count the known labels only: an attribute with none is None (null in JSON) and left out of the means,
+    ``known_labels`` counts them per attribute.
     """
-    acc = attribute_accuracy(outputs["logits"], attributes)
-    base = majority_baseline(attributes)
-    per = {name: float(acc[i]) for i, name in enumerate(CELEBA_ATTRIBUTES)}
+    acc = attribute_accuracy(outputs["logits"], attributes, known)
+    base = majority_baseline(attributes, known)
     idx = [CELEBA_ATTRIBUTES.index(a) for a in modelled]
+    nan = float("nan")
+
+    def value(x: torch.Tensor) -> float | None:
+        return float(x) if torch.isfinite(x) else None
+
+    if known is None:
+        means = (float(acc.mean()), float(base.mean()), float(acc[idx].mean()) if idx else nan,
+                 float(base[idx].mean()) if idx else nan)
+    else:
+        means = tuple(nan if m is None else m for m in (_mean_or_none(acc), _mean_or_none(base),
+                                                          _mean_or_none(acc[idx]), _mean_or_none(base[idx])))
     metrics = {
         "num_images": int(attributes.shape[0]),
-        "mean_accuracy": float(acc.mean()),
-        "mean_majority_baseline": float(base.mean()),
+        "mean_accuracy": means[0],
+        "mean_majority_baseline": means[1],
         "modelled_attributes": list(modelled),
-        "mean_accuracy_modelled": float(acc[idx].mean()) if idx else float("nan"),
-        "mean_majority_baseline_modelled": float(base[idx].mean()) if idx else float("nan"),
+        "mean_accuracy_modelled": means[2],
+        "mean_majority_baseline_modelled": means[3],
         "yaw_mae": float((outputs["yaw"].float() - yaw.float()).abs().mean()),
         "yaw_corr": pearson(outputs["yaw"], yaw),
-        "accuracy": per,
-        "majority_baseline": {name: float(base[i]) for i, name in enumerate(CELEBA_ATTRIBUTES)},
+        "accuracy": {name: value(acc[i]) for i, name in enumerate(CELEBA_ATTRIBUTES)},
+        "majority_baseline": {name: value(base[i]) for i, name in enumerate(CELEBA_ATTRIBUTES)},
         "factor_corr": {n: pearson(outputs["factors"][:, j], factors[:, j]) for j, n in enumerate(factor_names)},
         "factor_mae": {n: float((outputs["factors"][:, j] - factors[:, j]).abs().mean())
                        for j, n in enumerate(factor_names)},
     }
+    if known is not None:
+        metrics["known_labels"] = {name: int(known[:, i].sum()) for i, name in enumerate(CELEBA_ATTRIBUTES)}
     return metrics
 
 
@@ -286,11 +324,14 @@ def evaluate_predictor(model: AttributePredictor, dataset, limit: int = 0, batch
                        modelled: Sequence[str] = (), autocast=None) -> dict:
     """``prediction_metrics`` of a predictor on the first ``limit`` items (0 = all) of a ``CelebACache`` split.
 
-    Uses only the cache's contract API: unflipped images from ``images_uint8`` and labels from ``labels()``, so
+    Uses only the cache's contract API: unflipped images from ``images_uint8``, labels from ``labels()`` and
+    ``known()`` (unknown labels are not scored), so
     it is deterministic; runs in eval mode (restored after) under ``autocast`` (a context factory) if given.
     """
     n = len(dataset) if limit <= 0 else min(limit, len(dataset))
     attributes, yaw, factors = (torch.from_numpy(np.asarray(a[:n], dtype=np.float32)) for a in dataset.labels())
+    known = torch.from_numpy(np.asarray(dataset.known()[:n], dtype=bool))  # [n, 40]
+    known = None if bool(known.all()) else known  # a fully labelled split scores exactly as before
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -306,7 +347,7 @@ def evaluate_predictor(model: AttributePredictor, dataset, limit: int = 0, batch
     finally:
         model.train(was_training)
     outputs = {k: torch.cat(v) for k, v in outs.items()}
-    return prediction_metrics(outputs, attributes, yaw, factors.reshape(n, -1), model.factor_names, modelled)
+    return prediction_metrics(outputs, attributes, yaw, factors.reshape(n, -1), model.factor_names, modelled, known)
 
 
 # ------------------------------------------------------------------------------------------------ inference

@@ -4,7 +4,8 @@ Lives beside the scripts (DESIGN.md: whatever maps a run folder to its method's 
 so ``common/`` stays method-agnostic and the methods never import each other. The run's ``config.yaml`` (written
 by every training script through ``common.run.RunContext``) names the method in its ``method`` key:
 
-- ``vae``: ``vae.model.load_model_from_run``; directions from the encoded training split (mean | boundary).
+- ``vae``: ``vae.model.load_model_from_run``; directions from the encoded training split (mean | boundary);
+  ``predictor_run`` labels a cache of own photos that lacks an attribute's labels.
 - ``glow``: ``flow.glow.load_model_from_run``; same directions; ``sample_latents`` samples at ``temperature``.
 - ``pggan``: the EMA generator wrapped in ``PGGANEditable``; directions from generated samples scored by a
   predictor run (the one that FINDS directions, default the config's ``edit.predictor``).
@@ -87,8 +88,10 @@ class _RememberingEncoder:
         return self.memory[key]
 
 
-def _cache_finder(model, run_dir: Path, cache: str | None, max_images: int, batch_size: int):
-    """find_direction of encoder models: encode the run's training cache and fit (common.editing)."""
+def _cache_finder(model, run_dir: Path, cache: str | None, max_images: int, batch_size: int,
+                  predictor_run=None, device="cpu"):
+    """find_direction of encoder models: encode the run's training cache and fit (common.editing); where the
+    cache lacks an attribute's labels (own photos), ``predictor_run`` labels its images."""
     from common.editing import encoder_direction, run_cache_dir
 
     encoder = _RememberingEncoder(model)
@@ -101,7 +104,8 @@ def _cache_finder(model, run_dir: Path, cache: str | None, max_images: int, batc
         from common.cache import CelebACache
 
         return encoder_direction(encoder, CelebACache(cache_dir, "train"), attribute, method, batch_size=batch_size,
-                                 max_images=max_images, progress=False)
+                                 max_images=max_images, progress=False, predictor=predictor_run,
+                                 predictor_device=device)
 
     return find_direction
 
@@ -128,7 +132,7 @@ def load_method(run_dir, device="cpu", predictor_run=None, cache: str | None = N
         from vae.model import load_model_from_run
 
         model = load_model_from_run(run_dir, device)
-        find_direction = _cache_finder(model, run_dir, cache, max_train_images, batch_size)
+        find_direction = _cache_finder(model, run_dir, cache, max_train_images, batch_size, predictor_run, device)
     elif method == "glow":
         from flow.glow import load_model_from_run
 
@@ -137,7 +141,7 @@ def load_method(run_dir, device="cpu", predictor_run=None, cache: str | None = N
         # an instance attribute shadows the method: the shared pipeline calls sample_latents(n, generator)
         model.sample_latents = lambda n, generator=None, temperature=glow_temperature: sample(n, generator,
                                                                                               temperature)
-        find_direction = _cache_finder(model, run_dir, cache, max_train_images, batch_size)
+        find_direction = _cache_finder(model, run_dir, cache, max_train_images, batch_size, predictor_run, device)
         info.update(temperature=glow_temperature, n_bits=int(model.n_bits))
     else:
         from common.predictor import load_predictor

@@ -72,7 +72,8 @@ def main() -> int:
         from common.cache import CelebACache
 
         return encoder_direction(model, CelebACache(cache_dir, "train"), attribute, method,
-                                 batch_size=args.batch_size, max_images=args.max_train_images)
+                                 batch_size=args.batch_size, max_images=args.max_train_images,
+                                 predictor=args.predictor, predictor_device=device)  # labels a label-free cache
 
     result = run_edit(model, run_dir, args, find_direction, predictor=predictor)
 

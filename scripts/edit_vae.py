@@ -65,7 +65,8 @@ def main() -> int:
             raise UserError(f"{cache_dir}: the run's training cache is missing (needed to find the {attribute} "
                             "direction); prepare it with scripts/prepare_data.py")
         return encoder_direction(model, CelebACache(cache_dir, "train"), attribute, method, batch_size=256,
-                                 max_images=args.max_train_images)
+                                 max_images=args.max_train_images, predictor=args.predictor,
+                                 predictor_device=device)  # the predictor labels a label-free cache
 
     run_edit(model, run_dir, args, find_direction, predictor=predictor)
     return 0

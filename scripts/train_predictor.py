@@ -2,8 +2,9 @@
 [--set train.total_images=2000] [--set train.seed=1 --out runs/predictor/synthetic-judge]
 
 Objective (common/predictor.py): total = loss.attributes * BCE-with-logits averaged over the 40 attributes
-+ loss.yaw * MSE of the standardised yaw + loss.factors * MSE of the standardised synthetic factors (when the
-cache has them). Targets are standardised with the training split's mean/std, stored in the model.
+(over the known labels only, in a cache of own photos with a partial labels file) + loss.yaw * MSE of the
+standardised yaw + loss.factors * MSE of the standardised synthetic factors (when the cache has them). Targets
+are standardised with the training split's mean/std, stored in the model.
 
 Logged: loss/{total,attributes,yaw,factors}, lr, perf/img_per_s; val/mean_accuracy, val/mean_accuracy_modelled,
 val/yaw_mae, val/yaw_corr every eval.val_every_images on the valid split; a grid of validation images with their
@@ -50,9 +51,10 @@ def validate(model: AttributePredictor, dataset: CelebACache, limit: int, cfg, a
 
 
 @torch.no_grad()
-def prediction_rows(model: AttributePredictor, images: torch.Tensor, attributes: torch.Tensor, names: list[str],
-                    autocast) -> list[dict]:
-    """Per image: predicted probability vs true label of each attribute in ``names``, and the predicted yaw."""
+def prediction_rows(model: AttributePredictor, images: torch.Tensor, attributes: torch.Tensor, known: torch.Tensor,
+                    names: list[str], autocast) -> list[dict]:
+    """Per image: predicted probability vs true label (None when unknown) of each attribute in ``names``, and the
+    predicted yaw."""
     was_training = model.training
     model.eval()
     with autocast():
@@ -64,7 +66,8 @@ def prediction_rows(model: AttributePredictor, images: torch.Tensor, attributes:
     for i in range(len(images)):
         row = {"image": i, "yaw": round(float(out["yaw"][i]), 3)}
         for name, j in zip(names, idx, strict=True):
-            row[name] = {"pred": round(float(probs[i, j]), 3), "true": int(attributes[i, j])}
+            row[name] = {"pred": round(float(probs[i, j]), 3),
+                         "true": int(attributes[i, j]) if known[i, j] else None}
         rows.append(row)
     return rows
 
@@ -82,7 +85,8 @@ def main() -> int:
     valid = CelebACache(cache_dir, "valid")
     if len(dataset) == 0 or len(valid) == 0:
         raise UserError(f"{cache_dir}: the train and valid splits must both hold images (train {len(dataset)}, "
-                        f"valid {len(valid)}); check list_eval_partition")
+                        f"valid {len(valid)}); check list_eval_partition (own photos: the labels file's "
+                        "partition column)")
     factor_names = list(dataset.factor_names or [])
     raw = build_predictor(cfg.model, cfg.data.resolution, factor_names)
     _, train_yaw, train_factors = dataset.labels()
@@ -125,6 +129,7 @@ def main() -> int:
     grid_items = [valid[i] for i in range(grid_n)]
     grid_images = torch.stack([it["image"] for it in grid_items]).to(ctx.device)  # [n, 3, R, R]
     grid_attrs = torch.stack([torch.as_tensor(it["attributes"]) for it in grid_items])  # [n, 40]
+    grid_known = torch.from_numpy(valid.known()[:grid_n])  # [n, 40] bool
     shown = list(cfg.eval.modelled_attributes or CELEBA_ATTRIBUTES[:10])
 
     batch_size = cfg.train.batch_size
@@ -143,7 +148,8 @@ def main() -> int:
         with ctx.autocast():
             out = model(batch["image"])  # images [B, 3, R, R] in [-1, 1]
         losses = predictor_loss(out, batch["attributes"], batch["yaw"], batch["factors"], net,
-                                cfg.loss.attributes, cfg.loss.yaw, cfg.loss.factors)  # float32 scalars
+                                cfg.loss.attributes, cfg.loss.yaw, cfg.loss.factors,
+                                known=batch.get("known"))  # float32 scalars; "known": own photos' partial labels
         ctx.check_finite(losses["total"], "loss/total")
         ctx.step(losses["total"], opt, clip=cfg.train.grad_clip or None)
         if ema is not None:
@@ -167,7 +173,7 @@ def main() -> int:
             # predictor currently says about them (.json)
             png = ctx.log.images("predictions", grid_images)
             if ctx.is_main:
-                rows = prediction_rows(scored, grid_images, grid_attrs, shown, ctx.autocast)
+                rows = prediction_rows(scored, grid_images, grid_attrs, grid_known, shown, ctx.autocast)
                 path = Path(png).with_suffix(".json") if png else samples_dir / f"predictions_{images_seen:010d}.json"
                 write_atomic(path, (json.dumps(rows, indent=1) + "\n").encode())
         if ctx.due(cfg.eval.val_every_images, images_seen, step_images):
@@ -193,7 +199,8 @@ def main() -> int:
                    "factor_names": factor_names, **metrics}
         write_atomic(ctx.out / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
         acc = metrics["accuracy"]
-        print("valid accuracy: " + ", ".join(f"{a} {acc[a]:.3f}" for a in shown), flush=True)
+        print("valid accuracy: " + ", ".join(f"{a} {acc[a]:.3f}" if acc[a] is not None else f"{a} (no labels)"
+                                             for a in shown), flush=True)
         print(f"mean accuracy {metrics['mean_accuracy']:.4f} (majority baseline "
               f"{metrics['mean_majority_baseline']:.4f}), modelled {metrics['mean_accuracy_modelled']:.4f} "
               f"(baseline {metrics['mean_majority_baseline_modelled']:.4f}), yaw MAE {metrics['yaw_mae']:.4f} "
