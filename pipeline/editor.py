@@ -14,9 +14,9 @@ One ``Editor`` holds the trained runs it was started with and everything that ma
   ``z' = z + sum_a s_a * scale_a * n_a`` with every n_a projected orthogonal to the kept attributes'
   directions (``common.directions.project_out``); PGGAN's latents are put back on their sphere.
 
-Exports (the shown PNG, a GIF of one slider's walk) go to ``OUT/exports/``. One exception to "only the output
-folder": a PGGAN direction that is not yet saved is found from scored samples, which ``pipeline.registry``
-keeps in ``RUN/directions/samples.npz``.
+Exports (the shown PNG, a GIF of one slider's walk) go to ``OUT/exports/``. A PGGAN direction that is not yet
+saved is found from scored samples: the run's own ``RUN/directions/samples.npz`` when it exists, else new ones
+saved under ``OUT/directions/``.
 """
 
 from __future__ import annotations
@@ -142,7 +142,9 @@ class Editor:
         self.max_upload_bytes, self.max_train_images = max_upload_bytes, max_train_images
         self.runs: dict[str, LoadedRun] = {}
         for run_dir in map(Path, run_dirs):
-            model, finder, info = load_method(run_dir, self.device)
+            saved = run_dir / "directions" / "samples.npz"  # PGGAN's scored samples: read there, written under OUT
+            samples = saved if saved.is_file() else self.out / "directions" / f"{_slug(run_dir.name)}-samples.npz"
+            model, finder, info = load_method(run_dir, self.device, samples_path=samples)
             name = f"{info['method']}: {run_dir}"
             if info["method"] != "pggan":  # VAE, Glow: the same fit as the edit scripts, with a progress bar
                 finder = self._encoder_finder(model, run_dir)

@@ -112,7 +112,8 @@ def _cache_finder(model, run_dir: Path, cache: str | None, max_images: int, batc
 
 def load_method(run_dir, device="cpu", predictor_run=None, cache: str | None = None,
                 glow_temperature: float = DEFAULT_GLOW_TEMPERATURE, samples: int | None = None,
-                max_train_images: int = 20000, batch_size: int = 256, seed: int = 0):
+                max_train_images: int = 20000, batch_size: int = 256, seed: int = 0,
+                samples_path: str | Path | None = None):
     """(model: EditableModel, find_direction(attribute, method) -> Direction, info dict) for a run folder.
 
     info: {"method", "run_dir", "direction_method" (the method's default finder), "walk" (sphere | relative),
@@ -164,7 +165,7 @@ def load_method(run_dir, device="cpu", predictor_run=None, cache: str | None = N
         def scored_samples():
             if "samples" not in state:
                 state["samples"] = sample_and_score(model, predictor, n_samples,
-                                                    run_dir / "directions" / "samples.npz",
+                                                    Path(samples_path or run_dir / "directions" / "samples.npz"),
                                                     str(predictor_dir.resolve()), seed=cfg.train.seed)
             return state["samples"]
 

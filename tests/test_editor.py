@@ -157,3 +157,6 @@ def test_glow_and_pggan_edit_samples_and_cache_images(glow_and_pggan, tmp_path):
     moved = editor.render(pggan, editor.sample_face(1), {"Smiling": 2.0}).latent
     assert torch.linalg.norm(moved).item() == pytest.approx(4.0, rel=1e-4)  # back on PGGAN's sqrt(D) sphere
     assert editor.stats["encodes"] == 2
+    # the GAN's scored samples are written under the editor's folder, never into the run
+    assert not (glow_and_pggan[1] / "directions" / "samples.npz").exists()
+    assert (tmp_path / "out" / "directions" / "pggan-samples.npz").is_file()
