@@ -364,6 +364,18 @@ def _save_npy(folder: Path, name: str, array: np.ndarray) -> None:
     np.save(folder / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
 
 
+def _reusable(out: Path, reason: str | None, say: Callable[[str], None], matches: str) -> bool:
+    """True when the cache at ``out`` can be reused as it is (``reason`` None); else, when something is there, check
+    that it is a cache before it is rebuilt (``matches`` says what a reusable one agrees with)."""
+    if out.exists() and reason is None:
+        say(f"cache {out} is complete and matches {matches}: reusing it")
+        return True
+    if out.exists():
+        _refuse_foreign_folder(out)
+        say(f"cache {out} is stale ({reason}): rebuilding it")
+    return False
+
+
 def prepare_cache(root: str | os.PathLike, resolution: int, out: str | os.PathLike | None = None, workers: int = 2,
                   skip_bad: bool = False, progress: bool = True,
                   log: Callable[[str], None] | None = print, only_present: bool = False,
@@ -382,13 +394,9 @@ def prepare_cache(root: str | os.PathLike, resolution: int, out: str | os.PathLi
     layout = find_layout(root)
     say(f"found {layout.describe()}")
     checksums = {path.name: _sha256(path) for path in layout.label_files}
-    reason = _reuse_reason(out, resolution, checksums, skip_bad, only_present, upscale)
-    if out.exists() and reason is None:
-        say(f"cache {out} is complete and matches the labels and resolution {resolution}: reusing it")
+    if _reusable(out, _reuse_reason(out, resolution, checksums, skip_bad, only_present, upscale), say,
+                 f"the labels and resolution {resolution}"):
         return out
-    if out.exists():
-        _refuse_foreign_folder(out)
-        say(f"cache {out} is stale ({reason}): rebuilding it")
 
     start_time = time.time()
     index = read_celeba(root, check_images=True, only_present=only_present)
@@ -431,11 +439,7 @@ def prepare_cache(root: str | os.PathLike, resolution: int, out: str | os.PathLi
         }
         return arrays, filenames, manifest
 
-    manifest = _write_cache(out, fill, start_time)
-    for entry in manifest["skipped"]:
-        say(f"skipped {index.image_dir / entry['file']}: {entry['error']}")
-    say(f"wrote {out}: {manifest['num_images']} images at {resolution}x{resolution} ({manifest['counts']}) "
-        f"in {manifest['seconds']:.1f}s")
+    _write_cache(out, fill, start_time, say, index.image_dir, "images")
     return out
 
 
@@ -457,8 +461,10 @@ def _compact_rows(images_path: Path, shape: tuple, keep: np.ndarray) -> tuple:
     return compact_shape
 
 
-def _write_cache(out: Path, fill: Callable[[Path], tuple[dict, list[str], dict]], start_time: float) -> dict:
-    """Build a cache in a temporary folder beside ``out`` and rename it into place; returns the manifest.
+def _write_cache(out: Path, fill: Callable[[Path], tuple[dict, list[str], dict]], start_time: float,
+                 say: Callable[[str], None], source_dir: Path, noun: str) -> dict:
+    """Build a cache in a temporary folder beside ``out`` and rename it into place, then report the skipped
+    files (in ``source_dir``) and what was written (``noun``: "images", "faces"); returns the manifest.
 
     ``fill(partial)`` writes ``images.u8`` into the folder and returns (arrays saved as ``<name>.npy`` (with
     ``split`` [N] among them), the N file names, the source's own manifest entries). The common entries are added
@@ -491,10 +497,14 @@ def _write_cache(out: Path, fill: Callable[[Path], tuple[dict, list[str], dict]]
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    for entry in manifest["skipped"]:
+        say(f"skipped {Path(source_dir) / entry['file']}: {entry['error']}")
+    say(f"wrote {out}: {manifest['num_images']} {noun} at {shape[1]}x{shape[2]} ({manifest['counts']}) "
+        f"in {manifest['seconds']:.1f}s")
     return manifest
 
 
-# ----------------------------------------------------------------------------------------------- own photos
+# ----------------------------------------------------------------------------------------------- dataset
 
 class CelebACache(torch.utils.data.Dataset):
     """One split of a prepared cache; items are dicts of float tensors (images in [-1, 1]), plus ``known``

@@ -24,7 +24,7 @@ from common.cache import (
     CROP_SIZE,
     _compact_rows,
     _pool_context,
-    _refuse_foreign_folder,
+    _reusable,
     _reuse_reason,
     _sha256,
     _write_cache,
@@ -193,13 +193,9 @@ def prepare_aligned_folder(root: str | os.PathLike, resolution: int, out: str | 
     table = read_label_csv(labels, filenames) if labels else None  # checked before the cache is reused
     say(f"found {len(paths)} photos in {root}; " + (f"labels of {len(table['columns'])} attributes in {labels}"
                                                     if table else "no labels file"))
-    reason = _reuse_reason(out, resolution, checksums, skip_bad=True)
-    if out.exists() and reason is None:
-        say(f"cache {out} is complete and matches the photos, labels and resolution {resolution}: reusing it")
+    if _reusable(out, _reuse_reason(out, resolution, checksums, skip_bad=True), say,
+                 f"the photos, labels and resolution {resolution}"):
         return out
-    if out.exists():
-        _refuse_foreign_folder(out)
-        say(f"cache {out} is stale ({reason}): rebuilding it")
     start_time = time.time()
 
     def fill(partial: Path) -> tuple[dict, list[str], dict]:
@@ -265,11 +261,7 @@ def prepare_aligned_folder(root: str | os.PathLike, resolution: int, out: str | 
         }
         return arrays, [name for name, k in zip(filenames, keep) if k], manifest
 
-    manifest = _write_cache(out, fill, start_time)
-    for entry in manifest["skipped"]:
-        say(f"skipped {root / entry['file']}: {entry['error']}")
-    say(f"wrote {out}: {manifest['num_images']} faces at {resolution}x{resolution} ({manifest['counts']}) "
-        f"in {manifest['seconds']:.1f}s")
+    _write_cache(out, fill, start_time, say, root, "faces")
     return out
 
 

@@ -8,19 +8,17 @@ ones moved the same way, and the re-aligned crop near the original's.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import io
 import json
 import math
 import struct
-import sys
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from test_evaluate import run_script
 
 from common.align import (
     ALIGNED_SIZE,
@@ -45,7 +43,7 @@ from common.align import (
 )
 from common.cache import CROP_BOX
 from common.celeba import parse_landmarks_file
-from common.cli import UserError, run_main
+from common.cli import UserError
 from common.metrics import psnr
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,19 +80,7 @@ def signed(crop: np.ndarray) -> np.ndarray:
 
 def run_align_faces(*args: str) -> tuple[int, str]:
     """scripts/align_faces.py's main() in this process (the detector loads once) -> (exit code, stderr)."""
-    spec = importlib.util.spec_from_file_location("_align_faces_test", REPO / "scripts" / "align_faces.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    argv, err = sys.argv, io.StringIO()
-    sys.argv = ["align_faces.py", *args]
-    try:
-        with contextlib.redirect_stderr(err):
-            run_main(module.main)
-    except SystemExit as exc:
-        return int(exc.code or 0), err.getvalue()
-    finally:
-        sys.argv = argv
-    return 0, err.getvalue()
+    return run_script("align_faces.py", *args)
 
 
 def png16(path: Path, pixels: np.ndarray) -> Path:
