@@ -53,6 +53,7 @@ larger set equal those of a set of n (the split and identity columns depend on n
 from __future__ import annotations
 
 import colorsys
+import functools
 import io
 import math
 import multiprocessing
@@ -747,3 +748,23 @@ def write_synthetic_celeba(out, num: int, seed: int, layout: str = "official", w
     for name, data in files.items():
         _atomic_write_bytes(out / name, data)
     return out
+
+
+# ----------------------------------------------------------------------------------------------- the turn check's faces
+
+TURN_YAW = 0.8  # synthetic yaw units (x40 degrees): the rendered turns go from -32 to +32 degrees
+TURN_FRAMES = 7
+TURN_SEED = 20261124  # the turning faces' factors and nuisances: not images of the training set
+
+
+@functools.lru_cache(maxsize=4)
+def true_turns(n: int, resolution: int):
+    """The turn check's rendered faces [n, TURN_FRAMES, 3, R, R] in [-1, 1]: the same for every method (read only)."""
+    import torch
+
+    from common.cache import uint8_to_model
+
+    yaws = np.linspace(-TURN_YAW, TURN_YAW, TURN_FRAMES)
+    factors = sample_factors(n, seed=TURN_SEED)
+    return torch.stack([uint8_to_model(render_turn({k: float(v[i]) for k, v in factors.items()}, yaws,
+                                                   TURN_SEED + i, resolution)) for i in range(n)])

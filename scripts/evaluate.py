@@ -25,7 +25,6 @@ and OUT/images/*.png; the report's discussion is generated from the numbers.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import os
@@ -42,6 +41,7 @@ from tqdm import tqdm
 from common import metrics as M
 from common.attributes import CELEBA_ATTRIBUTES, POSE, attribute_index, resolve_attribute
 from common.cli import UserError, run_main
+from common.synthetic import TURN_FRAMES, TURN_YAW, true_turns
 
 DEFAULT_RUNS = ("runs/vae/synthetic", "runs/glow/synthetic", "runs/pggan/synthetic")
 DEFAULT_ATTRIBUTES = ("Smiling", "Narrow_Eyes", "Mouth_Slightly_Open", "pose")
@@ -254,9 +254,6 @@ def run_walk(model, base: torch.Tensor, direction, strengths, walk_mode, judge, 
     return images, scores.numpy(), feats.numpy(), factors.numpy()
 
 
-TURN_YAW = 0.8  # synthetic yaw units (x40 degrees): the rendered turns go from -32 to +32 degrees
-TURN_FRAMES = 7
-TURN_SEED = 20261124  # the turning faces' factors and nuisances: not images of the training set
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -284,16 +281,6 @@ def path_shape(latents: torch.Tensor) -> dict:
             "middle_offset": float(middle.norm(dim=1).mean())}
 
 
-@functools.lru_cache(maxsize=4)
-def true_turns(n: int, resolution: int) -> torch.Tensor:
-    """The turn check's rendered faces [n, TURN_FRAMES, 3, R, R] in [-1, 1]: the same for every method (read only)."""
-    from common.cache import uint8_to_model
-    from common.synthetic import render_turn, sample_factors
-
-    yaws = np.linspace(-TURN_YAW, TURN_YAW, TURN_FRAMES)
-    factors = sample_factors(n, seed=TURN_SEED)
-    return torch.stack([uint8_to_model(render_turn({k: float(v[i]) for k, v in factors.items()}, yaws,
-                                                   TURN_SEED + i, resolution)) for i in range(n)])
 
 
 def turn_check(name: str, model, walk_mode: str, judge, resolution: int, args, out: Path,

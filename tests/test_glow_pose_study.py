@@ -1,4 +1,4 @@
-"""scripts/glow_pose_study.py on a tiny 3-level Glow trained on the tiny synthetic cache: rows, invariants, errors."""
+"""experiments/glow_pose_study/glow_pose_study.py on a tiny 3-level Glow trained on the tiny synthetic cache: rows, invariants, errors."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def glow_run(tiny_cache, tmp_path_factory) -> Path:
 
 def test_study_writes_every_row_with_consistent_numbers(glow_run, tmp_path):
     out = tmp_path / "study.json"
-    code, err = run_script("glow_pose_study.py", "--run", str(glow_run), "--faces", "2", "--max-images", "64",
+    code, err = run_script("../experiments/glow_pose_study/glow_pose_study.py", "--run", str(glow_run), "--faces", "2", "--max-images", "64",
                            "--flow", "top:8", "lv12:conv", "--hidden", "8", "--epochs", "2", "--out", str(out))
     assert code == 0, err[-2000:]
     result = json.loads(out.read_text())
@@ -49,19 +49,19 @@ def test_study_writes_every_row_with_consistent_numbers(glow_run, tmp_path):
     (["--epochs", "0"], "--epochs >= 1"),
 ])
 def test_bad_arguments_are_one_line_errors(glow_run, args, message):
-    code, err = run_script("glow_pose_study.py", "--run", str(glow_run), *args)
+    code, err = run_script("../experiments/glow_pose_study/glow_pose_study.py", "--run", str(glow_run), *args)
     assert code == 2 and message in err and "Traceback" not in err
 
 
 def test_a_folder_without_a_glow_checkpoint_is_a_one_line_error(tmp_path):
-    code, err = run_script("glow_pose_study.py", "--run", str(tmp_path))
+    code, err = run_script("../experiments/glow_pose_study/glow_pose_study.py", "--run", str(tmp_path))
     assert code == 2 and "not a Glow run folder" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("condition, extra", [("colour", 6), ("factors", 20)])
 def test_flows_conditioned_on_more_than_yaw(glow_run, tmp_path, condition, extra):
     out = tmp_path / "study.json"
-    code, err = run_script("glow_pose_study.py", "--run", str(glow_run), "--faces", "1", "--max-images", "64",
+    code, err = run_script("../experiments/glow_pose_study/glow_pose_study.py", "--run", str(glow_run), "--faces", "1", "--max-images", "64",
                            "--flow", "top:8", "--hidden", "8", "--epochs", "1", "--condition", condition,
                            "--out", str(out))
     assert code == 0, err[-2000:]
@@ -74,12 +74,16 @@ def test_flows_conditioned_on_more_than_yaw(glow_run, tmp_path, condition, extra
 
 
 def test_colour_stats_are_region_means_and_mirror_invariant():
-    import sys
+
+    import importlib.util
 
     import numpy as np
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    from glow_pose_study import colour_stats
+    path = Path(__file__).resolve().parents[1] / "experiments" / "glow_pose_study" / "glow_pose_study.py"
+    spec = importlib.util.spec_from_file_location("_glow_pose_study", path)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    colour_stats = study.colour_stats
 
     images = np.zeros((2, 32, 32, 3), dtype=np.uint8)
     images[0] = 255  # white everywhere

@@ -1,6 +1,6 @@
 """Where does pose live in a Glow's latents, and how close do pose edits get to a true head turn?
 
-    python scripts/glow_pose_study.py --run runs/glow/synthetic [--cache DIR] [--max-images 8000] [--faces 8]
+    python experiments/glow_pose_study/glow_pose_study.py --run runs/glow/synthetic [--cache DIR] [--max-images 8000] [--faces 8]
         [--flow all:64 lv12:128 top:256 top:768 top:conv lv12:conv] [--hidden 256] [--epochs 60]
         [--condition yaw|colour|factors] [--out RUN/pose_study.json]
 
@@ -32,11 +32,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 import torch
@@ -120,9 +117,8 @@ def main() -> int:
     if args.max_images < 20 or args.faces < 1 or args.epochs < 1:
         raise UserError("--max-images >= 20, --faces >= 1 and --epochs >= 1 expected")
 
-    import evaluate as E  # the turn check's rendered faces (scripts/evaluate.py)
-
     from common import metrics as M
+    from common import synthetic as E  # the turn check's rendered faces
     from common.cache import CelebACache
     from common.checkpoint import atomic_write_text
     from common.directions import regression_direction
