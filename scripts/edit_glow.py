@@ -25,14 +25,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from common.attributes import resolve_attribute  # noqa: E402
-from common.cli import UserError, run_main  # noqa: E402
-from common.editing import (  # noqa: E402
+from common.attributes import resolve_attribute
+from common.cli import UserError, run_main
+from common.editing import (
     add_edit_arguments,
     encoder_direction,
     load_target_predictor,
@@ -41,7 +38,7 @@ from common.editing import (  # noqa: E402
     run_cache_dir,
     run_edit,
 )
-from flow.glow import load_model_from_run, snap_to_grid  # noqa: E402
+from flow.glow import load_model_from_run, snap_to_grid
 
 
 def main() -> int:

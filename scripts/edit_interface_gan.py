@@ -25,26 +25,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from common.align import expand_image_paths  # noqa: E402
-from common.attributes import POSE, attribute_index, resolve_attribute  # noqa: E402
-from common.cli import UserError, run_main  # noqa: E402
-from common.editing import (  # noqa: E402
+from common.align import expand_image_paths
+from common.attributes import POSE, attribute_index, resolve_attribute
+from common.cli import UserError, run_main
+from common.editing import (
     add_edit_arguments,
     parse_keep,
     parse_targets,
     resolve_device,
     run_edit,
 )
-from interface_gan.boundaries import make_find_direction, sample_and_score  # noqa: E402
-from interface_gan.inversion import PGGANEditable, load_generator  # noqa: E402
-from interface_gan.pca import pca_with_null  # noqa: E402
+from interface_gan.boundaries import make_find_direction, sample_and_score
+from interface_gan.inversion import PGGANEditable, load_generator
+from interface_gan.pca import pca_with_null
 
 
 def write_json(path: Path, record: dict) -> None:

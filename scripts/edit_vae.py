@@ -20,16 +20,13 @@ units; the columns are the targets, the JSON's "target" section has each face's 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from common.align import expand_image_paths  # noqa: E402
-from common.attributes import resolve_attribute  # noqa: E402
-from common.cache import CelebACache  # noqa: E402
-from common.cli import UserError, run_main  # noqa: E402
-from common.editing import (  # noqa: E402
+from common.align import expand_image_paths
+from common.attributes import resolve_attribute
+from common.cache import CelebACache
+from common.cli import UserError, run_main
+from common.editing import (
     add_edit_arguments,
     encoder_direction,
     load_target_predictor,
@@ -39,7 +36,7 @@ from common.editing import (  # noqa: E402
     run_cache_dir,
     run_edit,
 )
-from vae.model import load_model_from_run  # noqa: E402
+from vae.model import load_model_from_run
 
 
 def main() -> int:
