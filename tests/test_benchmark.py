@@ -25,9 +25,24 @@ def test_default_mode_is_the_config_and_a_step_runs(method):
     cpu = torch.device("cpu")
     flags = benchmark._flags("default", train, cpu)
     assert flags == (resolve_precision(train.precision, cpu)[0] == "bf16", train.channels_last, train.compile)
-    seconds, peak, first = benchmark.time_steps(setup.make_step("default"), steps=1, warmup=1,
+    step, calls = setup.make_step("default"), []
+    seconds, peak, first = benchmark.time_steps(lambda: calls.append(step()), steps=2, warmup=2,
                                                 device=torch.device("cpu"))
-    assert seconds > 0 and peak >= 0 and first > 0
+    assert len(calls) == 1 + 1 + 2  # the timed first step, the rest of the warm-up, then the timed steps
+    assert 0 < seconds < 60 and 0 < first < 60 and peak >= 0
+
+
+def test_time_steps_reports_the_median_and_the_first_step_apart():
+    import time
+
+    durations = iter([0.08, 0.0, 0.01, 0.05, 0.01])  # first (e.g. a compile), one more warm-up, three timed
+
+    def step():
+        time.sleep(next(durations))
+
+    seconds, _, first = benchmark.time_steps(step, steps=3, warmup=2, device=torch.device("cpu"))
+    assert 0.08 <= first < 0.15
+    assert 0.01 <= seconds < 0.02  # the median of 0.01, 0.05, 0.01, not their mean (0.023)
 
 
 def test_default_flags_name_what_training_runs():

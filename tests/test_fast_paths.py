@@ -112,5 +112,22 @@ def test_adam_factory_is_fused_on_cpu_and_keeps_groups():
     torch.testing.assert_close(weights.detach(), reference.param_groups[0]["params"][0].detach())
 
 
-def test_keep_freed_memory_is_harmless_to_call_twice():
-    assert keep_freed_memory() == keep_freed_memory()  # True on glibc, False elsewhere; never raises
+def test_keep_freed_memory_sets_glibcs_thresholds_and_says_so(monkeypatch):
+    import ctypes
+
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, option, value):
+            calls.append((option, value))
+            return 1
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc())
+    assert keep_freed_memory() is True
+    assert calls == [(-3, 32 << 20), (-1, 1 << 30)]  # M_MMAP_THRESHOLD 32 MiB, then M_TRIM_THRESHOLD 1 GiB
+
+    def missing(name):
+        raise OSError(f"{name}: not found")
+
+    monkeypatch.setattr(ctypes, "CDLL", missing)  # not glibc: a no-op that says False, never raises
+    assert keep_freed_memory() is False
