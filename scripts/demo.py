@@ -1,8 +1,7 @@
 """The README's first command (`make demo`): the whole project on the synthetic CelebA-format set.
 
-Stages run in order; each one is skipped when its output is already complete, so a second run only redoes what
-is missing (an interrupted training resumes from its last checkpoint). Every stage is an ordinary command a user
-could type; the demo prints each one before running it.
+Stages run in order, each skipped when its output is complete (an interrupted training resumes). Every stage is
+an ordinary command, printed before it runs.
 
     python scripts/demo.py [--num 10000] [--only STAGE ...] [--list]
 """

@@ -5,19 +5,12 @@
         [--samples 20000] [--range -3 3 --steps 7 | --target P ...] [--walk sphere|relative|absolute] [--out DIR]
     python scripts/edit_interface_gan.py --run runs/pggan/synthetic --attribute pose --list-components
 
-Directions come from N generated samples scored by the attribute predictor (RUN/directions/samples.npz, reused):
-a linear boundary per attribute (pose: the predicted yaw), a mean difference, or component K (0 = strongest) of
-GANSpace (pca) or SeFa; --keep projects the --keep attributes' boundaries out (conditional editing). Without
---images the classic InterFaceGAN use: 8 random samples (seed 0). --images inverts the photos first (GAN inversion,
-PSNR in the JSON). Walks default to great circles on the sqrt(D) sphere. Writes
-``<out>/<attribute>[-keep-...]-<method>.png``, ``.gif`` and ``.json`` (default out: RUN/edits/); the JSON also
-holds the predictor's mean scores of the edited attribute, the kept ones and --measure ones per strength (leakage).
-``--target P ...`` walks each face until the predictor reads P (strength in attribute units; the columns are the
-targets, the JSON's "target" section has each face's strength).
-Photos given with ``--images`` (files or folders) are aligned like CelebA first (the largest face, 5 landmarks,
-common/align.py; ``--no-align`` for crops that already are), and each edit is pasted back into its photo:
-``<out>/<photo stem>-<attribute>-<strength>.jpg`` per strength and ``<photo stem>-<attribute>.gif``
-(docs/own-photos.md).
+Directions come from N generated samples scored by the predictor (RUN/directions/samples.npz, reused): a linear
+boundary (pose: the predicted yaw), a mean difference, or component K of GANSpace (pca) or SeFa; --keep projects
+the kept attributes' boundaries out. Default: 8 random samples (seed 0); --images are inverted first. Walks follow
+great circles on the sqrt(D) sphere. Writes ``<out>/<attribute>[-keep-...]-<method>.png``, ``.gif`` and ``.json``
+(default out: RUN/edits/; the JSON holds the predictor's mean scores per strength). ``--target P ...`` walks each face until the predictor reads P. Photos
+(``--images``, files or folders) are aligned first and the edit is pasted back into them (docs/own-photos.md).
 """
 
 from __future__ import annotations
