@@ -90,6 +90,7 @@ from common.distributed import (
     world_size,
 )
 from common.logging_utils import RunLogger, crossed
+from common.training import StepTools
 
 __all__ = [
     "RunContext",
@@ -258,7 +259,7 @@ class EMA:
 # The run context.
 
 
-class RunContext:
+class RunContext(StepTools):
     """One training run's shared machinery; build it with ``RunContext.create(method, cfg, args)``."""
 
     def __init__(self, method: str, cfg: Any, args: Any, out: Path, device: torch.device, distributed: bool):
@@ -272,6 +273,7 @@ class RunContext:
         self.channels_last = bool(getattr(train, "channels_last", False))
         self.precision = self._effective_precision(str(train.precision))
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        self.default_clip = float(getattr(train, "grad_clip", 0.0) or 0.0)
         self.checkpoint_dir = self.out / "checkpoints"
         self.last_checkpoint: Path | None = None
         self.resume = bool(getattr(args, "resume", False))
@@ -377,13 +379,6 @@ class RunContext:
             warnings.warn(note, stacklevel=3)
         return effective
 
-    def autocast(self):
-        """Context manager for the forward pass: bf16/fp16 autocast, or nothing for fp32."""
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
-
     def wrap(self, model: nn.Module, find_unused_parameters: bool = False) -> nn.Module:
         """to(device), channels_last, DistributedDataParallel (models with trainable weights), torch.compile.
 
@@ -404,28 +399,6 @@ class RunContext:
     @staticmethod
     def unwrap(model: nn.Module) -> nn.Module:
         return unwrap(model)
-
-    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, params=None, clip: float | None = None):
-        """backward (scaled for fp16), optional grad-norm clip, optimizer step, zero_grad; grad norm or None."""
-        clip = float(getattr(self.cfg.train, "grad_clip", 0.0)) if clip is None else float(clip)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-        else:
-            loss.backward()
-        norm = None
-        if clip > 0:
-            if params is None:
-                params = [p for group in optimizer.param_groups for p in group["params"]]
-            if self.scaler is not None:
-                self.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-            norm = torch.nn.utils.clip_grad_norm_(params, clip)
-        if self.scaler is not None:
-            self.scaler.step(optimizer)
-            self.scaler.update()
-        else:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return norm
 
     def check_finite(self, value: torch.Tensor | float, tag: str = "loss/total") -> None:
         """Raise NonFiniteLossError (on every rank) when ``value`` is NaN/inf anywhere; later saves are refused."""

@@ -281,13 +281,11 @@ def test_glow_round_trip_is_exact_on_cuda():
 
 
 def test_vae_validation_leaves_the_training_random_stream_alone(tiny_cache):
-    """train_vae's evaluate() promises not to change training's random stream; on CUDA the noise is drawn there."""
+    """vae.training.evaluate() promises not to change training's random stream; on CUDA the noise is drawn there."""
     import contextlib
-    import importlib.util
 
-    spec = importlib.util.spec_from_file_location("_cuda_test_train_vae", REPO / "scripts" / "train_vae.py")
-    train_vae = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_vae)
+    from vae import training as train_vae
+
     vae = small_vae().cuda()
     torch.manual_seed(123)
     before = torch.cuda.get_rng_state(), torch.get_rng_state()
