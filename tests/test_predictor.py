@@ -212,6 +212,34 @@ def test_a_few_steps_learn_a_visible_attribute():
     assert ((probs > 0.5).float() == attrs[:, CELEBA_ATTRIBUTES.index("Smiling")]).float().mean() >= 0.95
 
 
+def test_train_step_with_bare_step_tools_and_an_all_unknown_mask():
+    # what scripts/benchmark.py calls: plain tensors, a bare StepTools in bf16 (CPU autocast here)
+    from common.predictor_training import train_step
+    from common.training import StepTools
+
+    tools = StepTools("cpu", "bf16")
+    model = tiny().train()
+    x, attrs = images(4, 32), torch.randint(0, 2, (4, 40)).float()
+    yaw, factors = torch.randn(4) * 0.3, torch.randn(4, 3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    before = [p.detach().clone() for p in model.parameters()]
+    losses = train_step(model, model, opt, x, attrs, yaw, factors, tools, clip=1.0, weights=(1.0, 0.5, 2.0))
+    assert set(losses) == {"total", "attributes", "yaw", "factors"}
+    assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in losses.values())
+    assert losses["attributes"] > 0
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
+    assert all(p.grad is None for p in model.parameters())  # the step zeroes the gradients
+    # no attribute label known (own photos with an empty labels file): no attribute loss, so the attribute head
+    # gets no gradient and plain SGD leaves it as it was (Adam's momentum would not), while yaw still trains
+    head = model.attribute_head.weight.detach().clone()
+    yaw_head = model.yaw_head.weight.detach().clone()
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    losses = train_step(model, model, sgd, x, attrs, yaw, factors, tools, known=torch.zeros(4, 40, dtype=torch.bool))
+    assert losses["attributes"].item() == 0.0 and torch.isfinite(losses["total"])
+    assert torch.allclose(losses["total"], losses["yaw"] + losses["factors"])
+    assert torch.equal(model.attribute_head.weight, head) and not torch.equal(model.yaw_head.weight, yaw_head)
+
+
 # ------------------------------------------------------------------------------------------------ metrics
 
 
