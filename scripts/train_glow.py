@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from common.cache import open_training_cache
 from common.cli import run_main
 from common.config import load_config
 from common.run import RunContext, add_train_arguments
@@ -22,6 +23,8 @@ def main() -> int:
     add_train_arguments(parser)
     args = parser.parse_args()
     cfg = load_config(GlowConfig, args.config, args.set)
+    if not args.dry_run:  # a missing cache fails before a run folder is created
+        open_training_cache(cfg.data)
     ctx = RunContext.create("glow", cfg, args)
     if ctx is None:
         return 0  # --dry-run
