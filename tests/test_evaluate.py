@@ -235,16 +235,15 @@ def test_evaluate_without_any_run_is_a_one_line_error(tmp_path, evaluation):
 def test_path_shape_tells_a_straight_path_from_a_curved_one():
     import torch
 
-    spec = importlib.util.spec_from_file_location("_eval_test_path_shape", REPO / "scripts" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from pipeline.evaluation.turns import path_shape
+
     t = torch.linspace(0, 1, 7)
     straight = (t[:, None] * torch.tensor([3.0, 4.0, 0.0]))[None]  # [1, 7, 3], evenly travelled
-    shape = module.path_shape(straight)
+    shape = path_shape(straight)
     assert np.allclose(shape["pc_shares"], [1, 0, 0], atol=1e-9)
     assert shape["chord"] == pytest.approx(5.0) and shape["middle_offset"] == pytest.approx(0.0, abs=1e-9)
     angle = torch.pi * t  # a half circle of radius 2: chord 4, middle frame 2 off the chord's midpoint
     arc = torch.stack([2 * torch.cos(angle), 2 * torch.sin(angle), torch.zeros(7)], 1)[None]
-    shape = module.path_shape(arc)
+    shape = path_shape(arc)
     assert shape["chord"] == pytest.approx(4.0) and shape["middle_offset"] == pytest.approx(2.0)
     assert 0.15 < shape["pc_shares"][1] < shape["pc_shares"][0] and shape["pc_shares"][2] == pytest.approx(0, abs=1e-9)
