@@ -23,7 +23,7 @@ import json
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -67,13 +67,23 @@ class EditableModel(Protocol):
 
     latent_dim: int
     resolution: int
-    latent_on_sphere: bool
+    latent_on_sphere: bool  # z lives on the sqrt(D) sphere (PGGAN): walks follow great circles by default
 
     def encode(self, images: torch.Tensor) -> torch.Tensor: ...  # [B, 3, H, W] -> [B, D]
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor: ...  # [B, D] -> [B, 3, H, W] in [-1, 1]
 
     def sample_latents(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor: ...  # [n, D]
+
+    def latent_flow_layout(self) -> tuple[Any, tuple[int, int, int]] | None:
+        """The part of the latents a pose ``cflow`` edits as maps: (flat indices [C*H*W], (C, H, W)), or None
+        for a dense flow on all of them."""
+        ...
+
+    def encode_report(self) -> dict:
+        """What ``encode`` measured since the last call (the call starts afresh), merged into the edit's JSON
+        record: PGGAN's inversion PSNR; {} for exact encoders."""
+        ...
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -418,11 +428,11 @@ def pose_latent_flow(model: EditableModel, cache, positions: np.ndarray, latents
 
     mirrored = _encode_positions(model, cache, positions, batch_size, progress, mirror=True).double().numpy()
     both, scores = np.concatenate([latents, mirrored]), np.concatenate([yaw, -yaw])
-    layout = getattr(model, "latent_flow_layout", None)  # a part of the latents, as maps (Glow's top level)
+    layout = model.latent_flow_layout()  # a part of the latents, as maps (Glow's top level), or None
     if layout is None:
         flow, fit = fit_latent_flow(both, scores, seed=seed, progress=progress)
     else:
-        index, shape = layout()
+        index, shape = layout
         flow, fit = fit_latent_flow(both, scores, hidden=CONV_FLOW_HIDDEN, epochs=CONV_FLOW_EPOCHS, seed=seed,
                                     progress=progress, shape=shape, index=np.asarray(index))
     direction = regression_direction(both, scores)
@@ -433,25 +443,20 @@ def pose_latent_flow(model: EditableModel, cache, positions: np.ndarray, latents
     return direction
 
 
-def run_cache_dir(run_dir, model=None, override: str | None = None) -> Path:
-    """The prepared cache a run was trained on: --cache, else the model's config, else RUN/config.yaml."""
+def run_cache_dir(run_dir, override: str | None = None) -> Path:
+    """The prepared cache a run was trained on: ``override`` (--cache), else RUN/config.yaml's data section."""
     if override:
         return Path(override)
-    data = getattr(getattr(model, "config", None), "data", None)
-    if data is None:
-        config_path = Path(run_dir) / "config.yaml"
-        if not config_path.exists():
-            raise UserError(f"{config_path}: not found; pass --cache DIR or a run folder written by a training "
-                            "script")
-        import yaml
+    config_path = Path(run_dir) / "config.yaml"
+    if not config_path.exists():
+        raise UserError(f"{config_path}: not found; pass --cache DIR or a run folder written by a training script")
+    import yaml
 
-        data = (yaml.safe_load(config_path.read_text()) or {}).get("data") or {}
-        data = argparse.Namespace(cache=data.get("cache", ""), root=data.get("root", "data/synthetic"),
-                                  resolution=data.get("resolution", 32))
-    if getattr(data, "cache", ""):
-        return Path(data.cache)
-    root = Path(data.root)  # same rule as common.cache.default_cache_dir, without importing it
-    return root.parent / "cache" / f"{root.name}_{data.resolution}"
+    data = (yaml.safe_load(config_path.read_text()) or {}).get("data") or {}
+    if data.get("cache"):
+        return Path(data["cache"])
+    root = Path(data.get("root", "data/synthetic"))  # same rule as common.cache.default_cache_dir
+    return root.parent / "cache" / f"{root.name}_{data.get('resolution', 32)}"
 
 
 def _open_cache(cache_dir: Path, split: str):
@@ -519,7 +524,7 @@ def _gather_sources(model: EditableModel, run_dir: Path, args, cache) -> dict:
                 "source": {"kind": "sample", "num": num, "seed": seed}}
     split = getattr(args, "split", "test")
     if cache is None:
-        cache = _open_cache(run_cache_dir(run_dir, model, getattr(args, "cache", None)), split)
+        cache = _open_cache(run_cache_dir(run_dir, getattr(args, "cache", None)), split)
     count = getattr(args, "cache_images", DEFAULT_CACHE_IMAGES) or DEFAULT_CACHE_IMAGES
     if len(cache) == 0:
         raise UserError(f"the {split} split of the cache has no images; use --split or --images")
@@ -644,7 +649,7 @@ def _target_record(attribute: str, targets: np.ndarray, searched: np.ndarray, fo
 
 
 def run_edit(model: EditableModel, run_dir, args, find_direction: FindDirection, cache=None,
-             progress: bool = True, predictor=None) -> dict:
+             progress: bool = True, predictor=None, record_extra: Callable[[dict], dict] | None = None) -> dict:
     """Edit faces along an attribute direction and write the PNG grid, the GIF and the JSON record.
 
     ``args`` is the namespace of ``add_edit_arguments``; ``find_direction(attribute, method) -> Direction``
@@ -656,7 +661,8 @@ def run_edit(model: EditableModel, run_dir, args, find_direction: FindDirection,
 
     With ``args.target`` ([T] values) ``predictor`` (an AttributePredictor, e.g. ``load_target_predictor``)
     reads the faces: the S columns are the T targets, "strengths" is [R, T] (each face's own) and the record
-    holds a "target" section (``_target_record``).
+    holds a "target" section (``_target_record``). The record also holds ``model.encode_report()`` when faces
+    were encoded, and ``record_extra(result)`` (the returned dict, before the JSON is written) when given.
     """
     run_dir = Path(run_dir)
     attribute = resolve_attribute(args.attribute)
@@ -683,8 +689,7 @@ def run_edit(model: EditableModel, run_dir, args, find_direction: FindDirection,
         if steps < 1:
             raise UserError(f"--steps {steps}: expected at least 1 strength")
         strengths = np.linspace(lo, hi, steps)  # [S]
-    walk_mode = getattr(args, "walk", None) or ("sphere" if getattr(model, "latent_on_sphere", False)
-                                                else "relative")
+    walk_mode = getattr(args, "walk", None) or ("sphere" if model.latent_on_sphere else "relative")
     if walk_mode not in WALKS:
         raise UserError(f"--walk {walk_mode!r}: expected one of {', '.join(WALKS)}")
     batch_size = int(getattr(args, "batch_size", 64) or 64)
@@ -695,10 +700,12 @@ def run_edit(model: EditableModel, run_dir, args, find_direction: FindDirection,
         if inputs.shape[-1] != model.resolution or inputs.shape[-2] != model.resolution:
             raise UserError(f"images are {inputs.shape[-1]}x{inputs.shape[-2]} but the model works at "
                             f"{model.resolution}x{model.resolution}; use the run's own cache (--cache)")
+        model.encode_report()  # starts the report afresh: it covers the encodes since the last call
         with torch.no_grad():
             base = torch.cat([model.encode(chunk).detach().float().cpu() for chunk in inputs.split(batch_size)])
+        encoded = model.encode_report()
     else:
-        base = source["latents"]
+        base, encoded = source["latents"], {}
     base = base.reshape(base.shape[0], -1)  # [R, D]
     if base.shape[1] != model.latent_dim:
         raise UserError(f"the model encoded {base.shape[1]} latent values, expected latent_dim "
@@ -769,6 +776,11 @@ def run_edit(model: EditableModel, run_dir, args, find_direction: FindDirection,
     if pasted:
         record["outputs"]["photos"] = pasted
         record["paste"] = paste
+    record.update(encoded)
+    result = {"images": decoded, "latents": walked, "base_latents": base, "inputs": inputs,
+              "strengths": strengths, "direction": direction, "paths": paths, "record": record}
+    if record_extra is not None:
+        record.update(record_extra(result))
     atomic_write_text(paths["json"], json.dumps(_json_ready(record), indent=2) + "\n")
     if progress:
         print(f"wrote {paths['png']}, {paths['gif']} and {paths['json']} ({len(base)} faces x {steps} "
@@ -781,5 +793,4 @@ def run_edit(model: EditableModel, run_dir, args, find_direction: FindDirection,
                 print(f"never reached (within --range {lo:g} {hi:g}): {', '.join(target_section['never_reached'])}")
         for entry in pasted:
             print(f"pasted into {entry['photo']}: {len(entry['jpg'])} JPEGs and {entry['gif']}")
-    return {"images": decoded, "latents": walked, "base_latents": base, "inputs": inputs,
-            "strengths": strengths, "direction": direction, "paths": paths, "record": record}
+    return result

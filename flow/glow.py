@@ -115,6 +115,7 @@ class Glow(nn.Module):
     """Multi-scale Glow implementing common.editing.EditableModel (encode / decode / sample_latents)."""
 
     latent_on_sphere = False
+    sample_temperature = 1.0  # what sample_latents scales by when no temperature is given (editing sets 0.7)
 
     def __init__(
         self,
@@ -314,17 +315,19 @@ class Glow(nn.Module):
         return index.flatten(), tuple(index.shape)
 
     def latent_flow_layout(self) -> tuple[torch.Tensor, tuple[int, int, int]]:
-        """Where a conditional latent flow edits pose (common.editing.pose_latent_flow): the top level, as its
-        own maps. scripts/glow_pose_study.py measured where pose lives (a true turn's top level put into the
-        frontal frame's latents recovers 26.5 dB of the turn, level 0 almost nothing) and which part a
-        convolutional flow edits best on the demo's 16k latents: the top level 21.6 dB, the upper two levels
-        21.1 dB (and twice the fitting time), the straight direction 19.3 dB."""
+        """Where a pose ``cflow`` edits (common.editing.pose_latent_flow): the top level, as its own maps; that
+        is where pose lives (docs/findings.md, "Glow's pose")."""
         return self.level_maps([len(self.latent_shapes) - 1])
 
-    def sample_latents(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0):
-        """n standard-normal latents [n, D] scaled by the temperature (on the generator's device)."""
+    def encode_report(self) -> dict:
+        return {}  # encode is exact: nothing to report
+
+    def sample_latents(self, n: int, generator: torch.Generator | None = None, temperature: float | None = None):
+        """n standard-normal latents [n, D] scaled by ``temperature`` (default ``self.sample_temperature``), on
+        the generator's device."""
         device = generator.device if generator is not None else self._device()
-        return torch.randn(n, self.latent_dim, generator=generator, device=device) * temperature
+        scale = self.sample_temperature if temperature is None else temperature
+        return torch.randn(n, self.latent_dim, generator=generator, device=device) * scale
 
     @torch.no_grad()
     def initialize(self, y: torch.Tensor, reduce_fn=None) -> None:
@@ -402,5 +405,4 @@ def load_model_from_run(run_dir: str | Path, device: str | torch.device = "cpu")
     cfg = config_from_dict(GlowConfig, state["config"])
     model = build_model(cfg.model, cfg.data.resolution)
     model.load_state_dict(state["models"].get("glow_ema") or state["models"]["glow"])
-    model.config = cfg  # the edit script needs the run's data section (which cache the directions come from)
     return model.to(device).eval()

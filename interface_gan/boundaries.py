@@ -3,7 +3,7 @@
 ``sample_and_score`` draws N latents on the sqrt(D) sphere, decodes them with the EMA generator and scores every
 image with ``common.predictor.score_images`` (probabilities of the 40 attributes, yaw, factors), in batches
 with a progress bar; the result is saved in RUN/directions/samples.npz and reused when it already holds at least
-N samples scored by the same predictor. ``make_find_direction`` turns those samples into the
+N samples scored by the same predictor. ``GANDirections`` turns those samples into the
 ``find_direction(attribute, method)`` that ``common.editing.run_edit`` asks for:
 
 - ``boundary``: ``common.directions.linear_boundary`` on the attribute's probability (``pose``: the predicted
@@ -133,40 +133,48 @@ def component_direction(components: Components, k: int, attribute: str, latents:
     )
 
 
-def make_find_direction(model, samples_fn, fraction: float = 0.25, ganspace_depth: int = 0,
-                        ganspace_samples: int = 5000, max_components: int = 20, seed: int = 0):
-    """``find_direction(attribute, method)`` for run_edit; ``samples_fn()`` gives the ScoredSamples (lazily)."""
-    cache: dict[str, Components] = {}
+class GANDirections:
+    """The PGGAN's ``find_direction(attribute, method)`` for run_edit, over samples scored once (lazily).
 
-    def components(kind: str, samples: ScoredSamples) -> Components:
-        if kind not in cache:
-            m = min(ganspace_samples, len(samples))
+    ``samples_fn()`` gives the ScoredSamples (``sample_and_score``); ``samples()`` calls it once and keeps the
+    result; ``components("pca" | "sefa")`` are GANSpace / SeFa over the first ``ganspace_samples`` of them.
+    """
+
+    def __init__(self, model, samples_fn, fraction: float = 0.25, ganspace_depth: int = 0,
+                 ganspace_samples: int = 5000, max_components: int = 20, seed: int = 0):
+        self.model, self.samples_fn, self.fraction, self.seed = model, samples_fn, fraction, seed
+        self.ganspace_depth, self.ganspace_samples = ganspace_depth, ganspace_samples
+        self.max_components = max_components
+        self._samples: ScoredSamples | None = None
+        self._components: dict[str, Components] = {}
+
+    def samples(self) -> ScoredSamples:
+        if self._samples is None:
+            self._samples = self.samples_fn()
+        return self._samples
+
+    def components(self, kind: str) -> Components:
+        if kind not in self._components:
+            samples = self.samples()
+            m = min(self.ganspace_samples, len(samples))
             latents = torch.from_numpy(samples.latents[:m])
             scores = score_table(samples.probs[:m], samples.yaw[:m])
             if kind == "pca":
-                cache[kind] = ganspace(model.generator, latents, max_components, ganspace_depth, scores)
+                found = ganspace(self.model.generator, latents, self.max_components, self.ganspace_depth, scores)
             else:
-                cache[kind] = sefa_components(model.generator, max_components, latents, scores)
-        return cache[kind]
+                found = sefa_components(self.model.generator, self.max_components, latents, scores)
+            self._components[kind] = found
+        return self._components[kind]
 
-    def find_direction(attribute: str, method: str) -> Direction:
+    def __call__(self, attribute: str, method: str) -> Direction:
         name, _, parameter = method.partition(":")
-        samples = samples_fn()
         if name == "boundary":
-            return fit_boundary(samples, attribute, fraction, seed)
+            return fit_boundary(self.samples(), attribute, self.fraction, self.seed)
         if name == "mean":
-            return fit_mean(samples, attribute)
+            return fit_mean(self.samples(), attribute)
         if name in ("pca", "sefa"):
             if parameter and not parameter.isdigit():
                 raise UserError(f"--method {method}: expected a component number, e.g. {name}:2")
             k = int(parameter or 0)
-            return component_direction(components(name, samples), k, attribute, samples.latents, method)
+            return component_direction(self.components(name), k, attribute, self.samples().latents, method)
         raise UserError(f"--method {method}: expected boundary, mean, pca:K or sefa:K")
-
-    find_direction.components = components  # for reports: components("pca"|"sefa", samples)
-    return find_direction
-
-
-def leakage(samples_probs_before: np.ndarray, samples_probs_after: np.ndarray) -> np.ndarray:
-    """Mean change of every attribute's probability between two [N, 40] score tables.  # -> [40]"""
-    return (samples_probs_after - samples_probs_before).mean(axis=0)

@@ -5,7 +5,8 @@ from several random starts at once (one batch of images x starts), z projected b
 every step (the generator pixel-normalises z, so only its direction matters and the sphere is where samples
 live), loss = per-pixel MSE + ``feature_weight`` x MSE between the attribute predictor's backbone features (the
 perceptual term; optional: without a predictor it is pixels only). The start with the lowest final loss wins;
-``last_psnr`` holds each image's reconstruction PSNR (images mapped to [0, 1], peak 1).
+``last_psnr`` holds each image's reconstruction PSNR (images mapped to [0, 1], peak 1); ``encode_report()``
+reports those of every encode since its last call.
 
 ``load_model_from_run(run_dir, device, predictor_run=None)`` rebuilds the EMA generator from a run folder.
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from interface_gan.pggan import Generator, project_to_sphere, sample_latents
+from interface_gan.pggan import Generator, build_networks, project_to_sphere, sample_latents
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -103,9 +104,24 @@ class PGGANEditable:
         self.batch_size, self.seed = batch_size, seed
         self.last_psnr: list[float] = []  # per image of the last encode()
         self.last_initial_psnr: list[float] = []
+        self._reported: tuple[list[float], list[float]] = ([], [])  # every encode() since encode_report()
 
     def sample_latents(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return sample_latents(n, self.latent_dim, generator)  # [n, D], norm sqrt(D)
+
+    def latent_flow_layout(self) -> None:
+        return None
+
+    def encode_report(self) -> dict:
+        """{"inversion": per-image PSNR (best start), its mean, the best random start's PSNR before optimising,
+        and the budget} over the encodes since the last call; {} when there were none."""
+        psnr, initial = self._reported
+        self._reported = ([], [])
+        if not psnr:
+            return {}
+        return {"inversion": {"psnr": [round(v, 3) for v in psnr], "mean_psnr": round(sum(psnr) / len(psnr), 3),
+                              "random_start_psnr": [round(v, 3) for v in initial], "steps": self.steps,
+                              "starts": self.starts, "feature_weight": self.feature_weight}}
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -146,6 +162,8 @@ class PGGANEditable:
             latents.append(result.latents.cpu())
             self.last_psnr += [float(v) for v in result.psnr]
             self.last_initial_psnr += [float(v) for v in result.initial_psnr]
+        self._reported[0].extend(self.last_psnr)
+        self._reported[1].extend(self.last_initial_psnr)
         return torch.cat(latents) if latents else torch.zeros(0, self.latent_dim)
 
 
@@ -154,7 +172,6 @@ def load_generator(run_dir: str | Path, device: str | torch.device = "cpu") -> t
     from common.config import config_from_dict
     from common.run import load_run_checkpoint
     from interface_gan.config import PGGANConfig
-    from interface_gan.pggan import build_networks
 
     ckpt = load_run_checkpoint(run_dir)
     cfg = config_from_dict(PGGANConfig, ckpt["config"], source=f"{run_dir}/checkpoints")

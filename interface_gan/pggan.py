@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -316,9 +315,3 @@ def project_to_sphere(z: torch.Tensor) -> torch.Tensor:
     """Rescale each row to norm sqrt(D).  # [B, D] -> [B, D]"""
     return z * (math.sqrt(z.shape[-1]) / z.norm(dim=-1, keepdim=True).clamp_min(1e-12))
 
-
-def load_model_from_run(run_dir: str | Path, device: str | torch.device = "cpu"):
-    """The editable PGGAN (EMA generator) of a run folder; see ``interface_gan.inversion.PGGANEditable``."""
-    from interface_gan.inversion import load_model_from_run as _load  # lazy: inversion imports this module
-
-    return _load(run_dir, device)

@@ -244,7 +244,7 @@ class Editor:
         encoder = _RememberingEncoder(model)  # the training split is encoded once for all attributes
 
         def find_direction(attribute: str, method: str) -> Direction:
-            cache_dir = run_cache_dir(run_dir, model)
+            cache_dir = run_cache_dir(run_dir)
             if not (cache_dir / "manifest.json").exists():
                 raise EditorError(f"{cache_dir}: the run's training cache is missing (needed to find the "
                                   f"{attribute} direction); prepare it with scripts/prepare_data.py")
@@ -312,7 +312,7 @@ class Editor:
         for attribute, strength in active.items():
             direction = self.direction(name, attribute, pose_method if attribute == POSE else method, keep)
             z = z + strength * direction.scale * np.asarray(direction.vector)[None]
-        if getattr(run.model, "latent_on_sphere", False):  # PGGAN's z: back onto the sqrt(D) sphere
+        if run.model.latent_on_sphere:  # PGGAN's z: back onto the sqrt(D) sphere
             z = z * (np.linalg.norm(base.double().numpy()) / max(np.linalg.norm(z), 1e-12))
         return torch.from_numpy(z).float()
 

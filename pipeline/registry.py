@@ -6,13 +6,13 @@ by every training script through ``common.run.RunContext``) names the method in 
 
 - ``vae``: ``vae.model.load_model_from_run``; directions from the encoded training split (mean | boundary);
   ``predictor_run`` labels a cache of own photos that lacks an attribute's labels.
-- ``glow``: ``flow.glow.load_model_from_run``; same directions; ``sample_latents`` samples at ``temperature``.
+- ``glow``: ``flow.glow.load_model_from_run``; same directions; ``sample_temperature`` set to ``glow_temperature``.
 - ``pggan``: the EMA generator wrapped in ``PGGANEditable``; directions from generated samples scored by a
   predictor run (the one that FINDS directions, default the config's ``edit.predictor``).
 
 ``find_direction(attribute, method)`` is what ``common.editing.get_direction`` / ``run_edit`` call for a
-direction not yet saved in ``RUN/directions/``. The glue mirrors scripts/edit_vae.py, edit_glow.py and
-edit_interface_gan.py.
+direction not yet saved in ``RUN/directions/``. The edit scripts, the evaluation, the demo and the editor
+all load their models here.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def read_run_method(run_dir) -> str:
 
 
 class _RememberingEncoder:
-    """Wraps a model so that encoding the same batch twice costs nothing.
+    """The model as an EditableModel whose encoding of the same batch twice costs nothing.
 
     ``encoder_direction`` encodes the whole training split again for every attribute (same seeded subset, same
     batches); evaluating four attributes of a Glow would encode 8k images four times (minutes on a CPU). Batches
@@ -78,6 +78,10 @@ class _RememberingEncoder:
 
     def __init__(self, model):
         self.model, self.memory = model, {}
+        self.latent_dim, self.resolution = model.latent_dim, model.resolution
+        self.latent_on_sphere = model.latent_on_sphere
+        self.decode, self.sample_latents = model.decode, model.sample_latents
+        self.latent_flow_layout, self.encode_report = model.latent_flow_layout, model.encode_report
 
     def encode(self, images):
         import hashlib
@@ -97,10 +101,10 @@ def _cache_finder(model, run_dir: Path, cache: str | None, max_images: int, batc
     encoder = _RememberingEncoder(model)
 
     def find_direction(attribute: str, method: str):
-        cache_dir = run_cache_dir(run_dir, model, cache)
+        cache_dir = run_cache_dir(run_dir, cache)
         if not (cache_dir / "manifest.json").exists():
             raise UserError(f"{cache_dir}: the run's training cache is missing (needed to find the {attribute} "
-                            "direction); prepare it with scripts/prepare_data.py")
+                            "direction); prepare it with scripts/prepare_data.py or pass --cache")
         from common.cache import CelebACache
 
         return encoder_direction(encoder, CelebACache(cache_dir, "train"), attribute, method, batch_size=batch_size,
@@ -113,8 +117,10 @@ def _cache_finder(model, run_dir: Path, cache: str | None, max_images: int, batc
 def load_method(run_dir, device="cpu", predictor_run=None, cache: str | None = None,
                 glow_temperature: float = DEFAULT_GLOW_TEMPERATURE, samples: int | None = None,
                 max_train_images: int = 20000, batch_size: int = 256, seed: int = 0,
-                samples_path: str | Path | None = None):
+                samples_path: str | Path | None = None, expect: str | None = None):
     """(model: EditableModel, find_direction(attribute, method) -> Direction, info dict) for a run folder.
+
+    ``expect`` (a method name): a run of another method is a one-line error naming the right edit script.
 
     info: {"method", "run_dir", "direction_method" (the method's default finder), "walk" (sphere | relative),
     "cache" (the run's prepared cache), plus "predictor" (pggan), "temperature" and "n_bits" (glow)}.
@@ -125,6 +131,9 @@ def load_method(run_dir, device="cpu", predictor_run=None, cache: str | None = N
 
     run_dir = Path(run_dir)
     method = read_run_method(run_dir)
+    if expect is not None and method != expect:
+        script = {"vae": "edit_vae.py", "glow": "edit_glow.py", "pggan": "edit_interface_gan.py"}[method]
+        raise UserError(f"{run_dir}: a {method} run, not a {expect} one; edit it with scripts/{script}")
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     info = {"method": method, "run_dir": str(run_dir), "direction_method": TRAINING[method][2],
             "pose_method": POSE_METHODS.get(method, TRAINING[method][2])}
@@ -138,15 +147,12 @@ def load_method(run_dir, device="cpu", predictor_run=None, cache: str | None = N
         from flow.glow import load_model_from_run
 
         model = load_model_from_run(run_dir, device)
-        sample = model.sample_latents
-        # an instance attribute shadows the method: the shared pipeline calls sample_latents(n, generator)
-        model.sample_latents = lambda n, generator=None, temperature=glow_temperature: sample(n, generator,
-                                                                                              temperature)
+        model.sample_temperature = glow_temperature  # what sample_latents(n, generator) samples at
         find_direction = _cache_finder(model, run_dir, cache, max_train_images, batch_size, predictor_run, device)
         info.update(temperature=glow_temperature, n_bits=int(model.n_bits))
     else:
         from common.predictor import load_predictor
-        from interface_gan.boundaries import make_find_direction, sample_and_score
+        from interface_gan.boundaries import GANDirections, sample_and_score
         from interface_gan.inversion import PGGANEditable, load_generator
 
         generator, cfg = load_generator(run_dir, device)
@@ -160,19 +166,15 @@ def load_method(run_dir, device="cpu", predictor_run=None, cache: str | None = N
         model = PGGANEditable(generator, device, predictor, steps=e.inversion_steps, lr=e.inversion_lr,
                               starts=e.inversion_starts, feature_weight=e.inversion_feature_weight, seed=seed)
         n_samples = samples or e.samples
-        state: dict = {}
 
         def scored_samples():
-            if "samples" not in state:
-                state["samples"] = sample_and_score(model, predictor, n_samples,
-                                                    Path(samples_path or run_dir / "directions" / "samples.npz"),
-                                                    str(predictor_dir.resolve()), seed=cfg.train.seed)
-            return state["samples"]
+            return sample_and_score(model, predictor, n_samples,
+                                    Path(samples_path or run_dir / "directions" / "samples.npz"),
+                                    str(predictor_dir.resolve()), seed=cfg.train.seed)
 
-        find_direction = make_find_direction(model, scored_samples, e.boundary_fraction, e.ganspace_depth,
-                                             e.ganspace_samples, seed=cfg.train.seed)
-        model.config = cfg  # run_cache_dir reads the data section
+        find_direction = GANDirections(model, scored_samples, e.boundary_fraction, e.ganspace_depth,
+                                       e.ganspace_samples, seed=cfg.train.seed)
         info.update(predictor=str(predictor_dir), samples=n_samples)
-    info["walk"] = "sphere" if getattr(model, "latent_on_sphere", False) else "relative"
-    info["cache"] = str(run_cache_dir(run_dir, model, cache))
+    info["walk"] = "sphere" if model.latent_on_sphere else "relative"
+    info["cache"] = str(run_cache_dir(run_dir, cache))
     return model, find_direction, info

@@ -23,22 +23,13 @@ units; the columns are the targets, the JSON's "target" section has each face's 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from pathlib import Path
 
 from common.attributes import resolve_attribute
 from common.cli import UserError, run_main
-from common.editing import (
-    add_edit_arguments,
-    encoder_direction,
-    load_target_predictor,
-    parse_targets,
-    resolve_device,
-    run_cache_dir,
-    run_edit,
-)
-from flow.glow import load_model_from_run, snap_to_grid
+from common.editing import add_edit_arguments, load_target_predictor, parse_targets, resolve_device, run_edit
+from flow.glow import snap_to_grid
+from pipeline.registry import load_method
 
 
 def main() -> int:
@@ -57,35 +48,22 @@ def main() -> int:
 
     device = resolve_device(args.device)
     predictor = load_target_predictor(args, device)  # None without --target
-    model = load_model_from_run(run_dir, device)
-    sample = model.sample_latents
-    model.sample_latents = lambda n, generator=None, temperature=args.temperature: sample(n, generator, temperature)
+    # directions come from the run's training cache (or --cache); --predictor labels a label-free cache
+    model, find_direction, _ = load_method(run_dir, device, predictor_run=args.predictor, cache=args.cache,
+                                           glow_temperature=args.temperature, max_train_images=args.max_train_images,
+                                           batch_size=args.batch_size, expect="glow")
 
-    def find_direction(attribute: str, method: str):
-        cache_dir = run_cache_dir(run_dir, model, args.cache)
-        if not (cache_dir / "manifest.json").exists():
-            raise UserError(f"{cache_dir}: the run's training cache is missing (needed to find the {attribute} "
-                            "direction); prepare it with scripts/prepare_data.py or pass --cache")
-        from common.cache import CelebACache
-
-        return encoder_direction(model, CelebACache(cache_dir, "train"), attribute, method,
-                                 batch_size=args.batch_size, max_images=args.max_train_images,
-                                 predictor=args.predictor, predictor_device=device)  # labels a label-free cache
-
-    result = run_edit(model, run_dir, args, find_direction, predictor=predictor)
-
-    marked = result["record"].get("marked_column")
-    if result["inputs"] is not None and marked is not None:
-        # Exactness check: the strength-0 column must be the input snapped to the model's grid.
+    def exactness(result: dict) -> dict:
+        """The strength-0 column against the input snapped to the model's grid: exact up to float error."""
+        marked = result["record"].get("marked_column")
+        if result["inputs"] is None or marked is None:
+            return {}
         unedited = result["images"][:, marked].float()  # [R, 3, H, W]
         error = (unedited - snap_to_grid(result["inputs"].float(), model.n_bits)).abs().max().item()
-        record = dict(result["record"], unedited_reconstruction_max_abs_error=error,
-                      n_bits=model.n_bits)
-        path = Path(result["paths"]["json"])
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
         print(f"unedited reconstruction max abs error: {error:g} (on the {model.n_bits}-bit grid)")
+        return {"unedited_reconstruction_max_abs_error": error, "n_bits": model.n_bits}
+
+    run_edit(model, run_dir, args, find_direction, predictor=predictor, record_extra=exactness)
     return 0
 
 

@@ -17,30 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
-
-import numpy as np
 
 from common.align import expand_image_paths
 from common.attributes import POSE, attribute_index, resolve_attribute
+from common.checkpoint import atomic_write_text
 from common.cli import UserError, run_main
-from common.editing import (
-    add_edit_arguments,
-    parse_keep,
-    parse_targets,
-    resolve_device,
-    run_edit,
-)
-from interface_gan.boundaries import make_find_direction, sample_and_score
-from interface_gan.inversion import PGGANEditable, load_generator
+from common.editing import add_edit_arguments, parse_keep, parse_targets, resolve_device, run_edit
 from interface_gan.pca import pca_with_null
-
-
-def write_json(path: Path, record: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=float) + "\n")
-    os.replace(tmp, path)
+from pipeline.registry import load_method
 
 
 def predicted_per_strength(predictor, images, names: list[str]) -> dict[str, list[float]]:
@@ -54,6 +39,22 @@ def predicted_per_strength(predictor, images, names: list[str]) -> dict[str, lis
         values = scored["yaw"] if name == POSE else scored["probs"][:, attribute_index(name)]
         out[name] = [round(float(v), 4) for v in values.reshape(rows, steps).mean(dim=0)]
     return out
+
+
+def component_report(find_direction) -> dict:
+    """GANSpace and SeFa components (names, explained variance vs the isotropic null) and PCA straight on z."""
+    report = {}
+    for kind in ("pca", "sefa"):
+        comps = find_direction.components(kind)
+        report[kind] = [{"name": comps.names[k], "explained_variance_ratio": float(comps.explained_variance_ratio[k]),
+                         "isotropic_null_ratio": float(comps.null_ratio[k]), "is_noise": bool(comps.noise[k]),
+                         "top_correlations": dict(list(comps.correlations[k].items())[:4])}
+                        for k in range(min(10, len(comps.names)))]
+    # PCA straight on z, for contrast: an isotropic Gaussian, so its components are sampling noise
+    _, ratios, null, noise = pca_with_null(find_direction.samples().latents[: find_direction.ganspace_samples], 5)
+    report["z_pca"] = [{"name": f"zPC{k}", "explained_variance_ratio": float(ratios[k]),
+                        "isotropic_null_ratio": float(null[k]), "is_noise": bool(noise[k])} for k in range(5)]
+    return report
 
 
 def main() -> int:
@@ -87,57 +88,21 @@ def main() -> int:
     if args.seed is None:
         args.seed = 0
 
-    device = resolve_device(args.device)
-    generator, cfg = load_generator(run_dir, device)
-    predictor_run = Path(args.predictor or cfg.edit.predictor)
-    if not predictor_run.is_dir():
-        raise UserError(f"{predictor_run}: predictor run not found (needed to score samples); train one with "
-                        "scripts/train_predictor.py or pass --predictor RUN")
-    from common.predictor import load_predictor
-
-    predictor = load_predictor(predictor_run, device)  # scores the samples, and steers --target
-    args.predictor = str(predictor_run)  # recorded in the JSON's "target" section
-    e = cfg.edit
-    model = PGGANEditable(generator, device, predictor, steps=e.inversion_steps, lr=e.inversion_lr,
-                          starts=e.inversion_starts, feature_weight=e.inversion_feature_weight, seed=args.seed)
-    n_samples = args.samples or e.samples
-    state: dict = {}
-
-    def samples():
-        if "samples" not in state:
-            state["samples"] = sample_and_score(model, predictor, n_samples, run_dir / "directions" / "samples.npz",
-                                                str(predictor_run.resolve()), seed=cfg.train.seed)
-        return state["samples"]
-
-    find_direction = make_find_direction(model, samples, e.boundary_fraction, e.ganspace_depth,
-                                         e.ganspace_samples, seed=cfg.train.seed)
-    result = run_edit(model, run_dir, args, find_direction, predictor=predictor)
-
-    record = result["record"]
-    record["predicted"] = predicted_per_strength(predictor, result["images"], measured)
-    if args.num is None:  # photos or cache images: they were inverted
-        record["inversion"] = {"psnr": [round(v, 3) for v in model.last_psnr],
-                               "mean_psnr": round(float(np.mean(model.last_psnr)), 3),
-                               "random_start_psnr": [round(v, 3) for v in model.last_initial_psnr],
-                               "steps": model.steps, "starts": model.starts,
-                               "feature_weight": model.feature_weight}
-        print(f"inversion PSNR {record['inversion']['mean_psnr']:.2f} dB (best random start "
-              f"{float(np.mean(model.last_initial_psnr)):.2f} dB)")
-    write_json(result["paths"]["json"], record)
+    # the predictor (--predictor, default the config's edit.predictor) scores the samples, steers --target and
+    # adds its feature loss to the inversion of --images
+    model, find_direction, info = load_method(run_dir, resolve_device(args.device), predictor_run=args.predictor,
+                                              samples=args.samples, seed=args.seed, expect="pggan")
+    args.predictor = info["predictor"]  # recorded in the JSON's "target" section
+    result = run_edit(model, run_dir, args, find_direction, predictor=model.predictor,
+                      record_extra=lambda r: {"predicted": predicted_per_strength(model.predictor, r["images"],
+                                                                                  measured)})
+    if "inversion" in result["record"]:
+        inversion = result["record"]["inversion"]
+        print(f"inversion PSNR {inversion['mean_psnr']:.2f} dB (best random start "
+              f"{sum(inversion['random_start_psnr']) / len(inversion['random_start_psnr']):.2f} dB)")
     if args.list_components:
-        report = {}
-        for kind in ("pca", "sefa"):
-            comps = find_direction.components(kind, samples())
-            report[kind] = [{"name": comps.names[k], "explained_variance_ratio": float(comps.explained_variance_ratio[k]),
-                             "isotropic_null_ratio": float(comps.null_ratio[k]), "is_noise": bool(comps.noise[k]),
-                             "top_correlations": dict(list(comps.correlations[k].items())[:4])}
-                            for k in range(min(10, len(comps.names)))]
-        # PCA straight on z, for contrast: an isotropic Gaussian, so its components are sampling noise
-        latents = samples().latents
-        _, ratios, null, noise = pca_with_null(latents[: e.ganspace_samples], 5)
-        report["z_pca"] = [{"name": f"zPC{k}", "explained_variance_ratio": float(ratios[k]),
-                            "isotropic_null_ratio": float(null[k]), "is_noise": bool(noise[k])} for k in range(5)]
-        write_json(run_dir / "directions" / "components.json", report)
+        report = component_report(find_direction)
+        atomic_write_text(run_dir / "directions" / "components.json", json.dumps(report, indent=2, default=float))
         for kind, rows in report.items():
             print(f"{kind}:")
             for row in rows:

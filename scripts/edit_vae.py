@@ -24,19 +24,9 @@ from pathlib import Path
 
 from common.align import expand_image_paths
 from common.attributes import resolve_attribute
-from common.cache import CelebACache
 from common.cli import UserError, run_main
-from common.editing import (
-    add_edit_arguments,
-    encoder_direction,
-    load_target_predictor,
-    parse_keep,
-    parse_targets,
-    resolve_device,
-    run_cache_dir,
-    run_edit,
-)
-from vae.model import load_model_from_run
+from common.editing import add_edit_arguments, load_target_predictor, parse_keep, parse_targets, resolve_device, run_edit
+from pipeline.registry import load_method
 
 
 def main() -> int:
@@ -54,17 +44,9 @@ def main() -> int:
 
     device = resolve_device(args.device)
     predictor = load_target_predictor(args, device)  # None without --target
-    model = load_model_from_run(run_dir, device)
-    cache_dir = run_cache_dir(run_dir, model, args.cache)  # the run's training cache unless --cache is given
-
-    def find_direction(attribute: str, method: str):
-        if not (cache_dir / "manifest.json").exists():
-            raise UserError(f"{cache_dir}: the run's training cache is missing (needed to find the {attribute} "
-                            "direction); prepare it with scripts/prepare_data.py")
-        return encoder_direction(model, CelebACache(cache_dir, "train"), attribute, method, batch_size=256,
-                                 max_images=args.max_train_images, predictor=args.predictor,
-                                 predictor_device=device)  # the predictor labels a label-free cache
-
+    # directions come from the run's training cache (or --cache); --predictor labels a label-free cache
+    model, find_direction, _ = load_method(run_dir, device, predictor_run=args.predictor, cache=args.cache,
+                                           max_train_images=args.max_train_images, expect="vae")
     run_edit(model, run_dir, args, find_direction, predictor=predictor)
     return 0
 

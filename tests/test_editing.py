@@ -59,6 +59,12 @@ class ToyLinearModel:
             z = z * (D ** 0.5) / z.norm(dim=1, keepdim=True)
         return z
 
+    def latent_flow_layout(self) -> None:
+        return None
+
+    def encode_report(self) -> dict:
+        return {}
+
 
 class FakeCache(torch.utils.data.Dataset):
     """A CelebACache stand-in: images decoded from known latents, labels planted along known directions."""
@@ -159,6 +165,42 @@ def test_get_direction_saves_then_reuses(world, tmp_path):
     assert (tmp_path / "directions" / "Smiling-mean.json").exists()
     np.testing.assert_array_equal(first.vector, second.vector)
     assert load_direction(tmp_path / "directions" / "Smiling-mean").metrics["n_images"] == 2000
+
+
+def test_run_edit_records_the_encode_report_and_the_callers_extra_fields(world, tmp_path):
+    model, train, test, _ = world
+
+    class Reporting(ToyLinearModel):  # like PGGAN's inversion: encode measures something worth recording
+        def __init__(self):
+            super().__init__()
+            self.encoded = 0
+
+        def encode(self, images):
+            self.encoded += len(images)
+            return super().encode(images)
+
+        def encode_report(self):
+            report, self.encoded = ({"inversion": {"images": self.encoded}} if self.encoded else {}), 0
+            return report
+
+    reporting = Reporting()
+    reporting.encode(test[0]["image"][None])  # an earlier encode is not this edit's
+    seen = []
+
+    def extra(result):
+        seen.append(result["images"].shape)
+        return {"checked": float(result["images"][:, 1].abs().max())}
+
+    args = parse(["--run", str(tmp_path), "--attribute", "Smiling", "--steps", "3", "--batch-size", "3"])
+    result = run_edit(reporting, tmp_path, args, finder(reporting, train, []), cache=test, progress=False,
+                      record_extra=extra)
+    record = json.loads(result["paths"]["json"].read_text())
+    assert record["inversion"] == {"images": 8}  # all 8 faces, over three encode batches, and nothing else
+    assert seen == [(8, 3, 3, SIZE, SIZE)] and record["checked"] == pytest.approx(result["record"]["checked"])
+    assert 0 < record["checked"] <= 1
+    args = parse(["--run", str(tmp_path), "--attribute", "Smiling", "--steps", "3", "--num", "2"])
+    record = run_edit(reporting, tmp_path, args, finder(reporting, train, []), progress=False)["record"]
+    assert "inversion" not in record  # sampled latents: nothing was encoded
 
 
 def test_run_edit_writes_grid_gif_and_record(world, tmp_path):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from common.directions import is_noise, isotropic_null, pca_directions
-from interface_gan.boundaries import ScoredSamples, fit_boundary, fit_mean, make_find_direction
+from interface_gan.boundaries import GANDirections, ScoredSamples, fit_boundary, fit_mean
 from interface_gan.inversion import PGGANEditable, invert, psnr
 from interface_gan.pca import ganspace, name_components, pca_with_null, regress_directions, sefa, sefa_components
 from interface_gan.pggan import Generator, sample_latents
@@ -146,8 +146,10 @@ def test_boundaries_on_planted_scores():
 def test_find_direction_pca_component_named_and_oriented():
     samples, _, _ = planted_samples(2000)
     model = PGGANEditable(tiny_generator())
-    find = make_find_direction(model, lambda: samples, ganspace_samples=2000, max_components=4)
+    calls = []
+    find = GANDirections(model, lambda: calls.append(1) or samples, ganspace_samples=2000, max_components=4)
     d = find("Smiling", "pca:0")
+    assert find.components("pca") is find.components("pca") and len(find.components("pca").names) == 4
     assert d.metrics["name"].startswith("PC0 ~ ") and "explained_variance_ratio" in d.metrics
     assert d.vector.shape == (16,) and abs(np.linalg.norm(d.vector) - 1) < 1e-9
     s = find("Smiling", "sefa:1")
@@ -158,6 +160,7 @@ def test_find_direction_pca_component_named_and_oriented():
     assert s.metrics["correlation_with_attribute"] >= 0
     with pytest.raises(ValueError, match="component 9"):
         find("Smiling", "pca:9")
+    assert len(calls) == 1  # the samples are scored once for every direction and component
 
 
 def test_name_components():

@@ -298,9 +298,8 @@ class EditableVAE:
 
     latent_on_sphere = False
 
-    def __init__(self, vae: ConvVAE, device: str | torch.device = "cpu", batch_size: int = 256, config=None):
+    def __init__(self, vae: ConvVAE, device: str | torch.device = "cpu", batch_size: int = 256):
         self.vae = vae.to(device).eval()
-        self.config = config  # the run's VAEConfig when loaded from a run (data paths for directions)
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.latent_dim = vae.latent_dim
@@ -324,6 +323,12 @@ class EditableVAE:
         """n draws from the prior N(0, I): [n, D] on the CPU (seeded by ``generator``)."""
         return torch.randn(n, self.latent_dim, generator=generator)
 
+    def latent_flow_layout(self) -> None:
+        return None  # the pose cflow is a dense flow on all of z
+
+    def encode_report(self) -> dict:
+        return {}  # the posterior mean: nothing to report
+
 
 def load_model_from_run(run_dir: str | Path, device: str | torch.device = "cpu") -> EditableVAE:
     """Rebuild a trained VAE from ``run_dir/checkpoints/last.pt`` (EMA weights when the run kept them).
@@ -342,4 +347,4 @@ def load_model_from_run(run_dir: str | Path, device: str | torch.device = "cpu")
     vae = build_model(cfg.model, cfg.data.resolution)
     weights = state.get("ema") or state["models"]["vae"]  # EMA weights when the run kept an average
     vae.load_state_dict(weights)
-    return EditableVAE(vae, device, config=cfg)
+    return EditableVAE(vae, device)

@@ -133,7 +133,7 @@ def main() -> int:
     parts = {"all": slice(0, int(off[-1])), "lv12": slice(int(off[-3]), int(off[-1])),
              "top": slice(int(off[-2]), int(off[-1]))}
     flows = [parse_flow(s, {n: s.stop - s.start for n, s in parts.items()}) for s in args.flow]
-    cache_dir = run_cache_dir(run, model, args.cache)
+    cache_dir = run_cache_dir(run, args.cache)
     if not (cache_dir / "factors.npy").exists():
         raise UserError(f"{cache_dir}: not a prepared synthetic cache (no factors.npy); the study needs the "
                         "synthetic set's rendered turns")
