@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint setup clean-demo docs-images gpu-check app
+.PHONY: demo evaluate test lint setup clean-demo docs-images gpu-check app
 
 setup: $(STAMP)
 
@@ -22,6 +22,11 @@ $(STAMP): requirements.txt pyproject.toml Makefile
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
+# The full evaluation of the demo's runs (scripts/evaluate.py's defaults; the demo runs a short one).
+evaluate: $(STAMP)
+	$(PY) scripts/evaluate.py --runs runs/vae/synthetic runs/glow/synthetic runs/pggan/synthetic \
+		--judge runs/predictor/synthetic-judge --out runs/evaluation
+
 test: $(STAMP)
 	$(PY) -m pytest -q
 
@@ -29,7 +34,8 @@ lint: $(STAMP)
 	$(PY) -m pip install --quiet ruff && $(VENV)/bin/ruff check .
 
 clean-demo:
-	rm -rf data/synthetic data/cache runs/demo
+	rm -rf data/synthetic data/cache runs/demo runs/evaluation runs/evaluation-short runs/predictor/synthetic \
+		runs/predictor/synthetic-judge runs/vae/synthetic runs/glow/synthetic runs/pggan/synthetic
 
 # Refresh the README's pictures from the demo's runs (after `make demo`).
 docs-images: $(STAMP)

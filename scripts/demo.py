@@ -1,9 +1,9 @@
-"""The README's first command (`make demo`): the whole project on the synthetic CelebA-format set.
+"""The README's first command (`make demo`): the whole project on the synthetic CelebA-format set, in minutes.
 
 Stages run in order, each skipped when its output is complete (an interrupted training resumes). Every stage is
-an ordinary command, printed before it runs.
-
-    python scripts/demo.py [--num 10000] [--only STAGE ...] [--list]
+an ordinary command, printed before it runs. The trainings are shorter than configs/*/synthetic.yaml (``SHORT``:
+what each cut costs is in docs/results.md, "The demo's budget"); ``make evaluate`` is the full evaluation.
+    python scripts/demo.py [--num 6000] [--only STAGE ...] [--list]
 """
 
 from __future__ import annotations
@@ -16,15 +16,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.checkpoint import atomic_write_text
 from common.cli import UserError, run_main
 from pipeline.registry import POSE_METHODS
 
 REPO = Path(__file__).resolve().parents[1]
 
-DATA_ROOT = "data/synthetic"
-RESOLUTION = 32
+DATA_ROOT, RESOLUTION, DEMO_OUT = "data/synthetic", 32, "runs/demo"
 CACHE = f"data/cache/synthetic_{RESOLUTION}"
-DEMO_OUT = "runs/demo"
+# Overrides of the synthetic configs for the demo: a quarter to a half of each full run.
+SHORT = {"predictor": ("train.total_images=16000", "optim.warmup_images=1000", "eval.val_every_images=8000"),
+         "vae": ("train.total_images=40000", "vae.kl_warmup_images=10000", "eval.val_every_images=40000"),
+         "glow": ("train.total_images=12000", "eval.test_every_images=12000"),
+         "pggan": ("train.total_images=24000", "edit.samples=6000")}
+POSE_IMAGES = 2000  # encoded training images the pose cflow is fitted on (the edit scripts' default: 20000)
 
 
 @dataclass
@@ -40,7 +45,10 @@ def python(*args: str) -> list[str]:
 
 
 def train_stage(name: str, script: str, config: str, run: str, extra: tuple[str, ...] = ()) -> Stage:
-    return Stage(name, python(script, "--config", config, "--out", run, *extra), f"{run}/metrics.json", run)
+    method = "predictor" if "predictor" in script else name
+    overrides = [item for value in SHORT[method] for item in ("--set", value)]
+    return Stage(name, python(script, "--config", config, "--out", run, *overrides, *extra), f"{run}/metrics.json",
+                 run)
 
 
 def stages(num: int) -> list[Stage]:
@@ -63,33 +71,28 @@ def stages(num: int) -> list[Stage]:
         *edit_stages("vae", "scripts/edit_vae.py", "runs/vae/synthetic", "mean"),
         *edit_stages("glow", "scripts/edit_glow.py", "runs/glow/synthetic", "mean"),
         *edit_stages("pggan", "scripts/edit_interface_gan.py", "runs/pggan/synthetic", "boundary"),
-        # the other source for each method: random samples for the encoder models, and for the GAN encoded
-        # (inverted) test images, the slow one: 4 of them, ~9 s each on 2 cores
-        *edit_stages("vae", "scripts/edit_vae.py", "runs/vae/synthetic", "mean", ("--num", "8"), "samples"),
-        *edit_stages("glow", "scripts/edit_glow.py", "runs/glow/synthetic", "mean", ("--num", "8"), "samples"),
-        *edit_stages("pggan", "scripts/edit_interface_gan.py", "runs/pggan/synthetic", "boundary",
-                     ("--cache-images", "4"), "test-images"),
-        Stage("evaluate", python("scripts/evaluate.py", "--runs", "runs/vae/synthetic", "runs/glow/synthetic",
-                                 "runs/pggan/synthetic", "--judge", "runs/predictor/synthetic-judge", "--num", "64",
-                                 "--out", "runs/evaluation"), "runs/evaluation/report.md"),
+        # a short evaluation: 16 faces, smile and pose, a small Frechet distance, two rendered turns
+        Stage("evaluate", python("scripts/evaluate.py", *EVALUATE, "--num", "16", "--attributes", "Smiling", "pose",
+                                 "--fd-images", "200", "--turn-faces", "2", "--invert", "2", "--out",
+                                 "runs/evaluation-short"), "runs/evaluation-short/report.md"),
     ]
 
 
-def edit_stages(name: str, script: str, run: str, method: str, source: tuple[str, ...] = (),
-                subdir: str = "") -> list[Stage]:
-    """Grids for one method: with the script's default source (encoded test images; random samples for the GAN),
-    smile, smile with the mouth kept, and pose; with another ``source`` (in ``edits/<subdir>/``) smile and pose.
-    Pose grids use the evaluation's pose method (registry.POSE_METHODS: the VAE and Glow turn heads with cflow)."""
-    out = f"{run}/edits" + (f"/{subdir}" if subdir else "")
-    edits = (("Smiling", ()), ("pose", ())) if source else (
-        ("Smiling", ()), ("Smiling", ("--keep", "Mouth_Slightly_Open")), ("pose", ()))
-    result = []
-    for attribute, keep in edits:
+EVALUATE = ("--runs", "runs/vae/synthetic", "runs/glow/synthetic", "runs/pggan/synthetic", "--judge",
+            "runs/predictor/synthetic-judge")
+
+
+def edit_stages(name: str, script: str, run: str, method: str) -> list[Stage]:
+    """Grids and GIFs for one method from the script's default source (encoded test images; random samples for
+    the GAN): smile, smile with the mouth kept, and pose (registry.POSE_METHODS: the VAE and Glow turn heads with
+    cflow, fitted on POSE_IMAGES training images)."""
+    out, result = f"{run}/edits", []
+    for attribute, keep in (("Smiling", ()), ("Smiling", ("--keep", "Mouth_Slightly_Open")), ("pose", ())):
         how = POSE_METHODS.get(name, method) if attribute == "pose" else method
+        fit = ("--max-train-images", str(POSE_IMAGES)) if how == "cflow" else ()
         stem = f"{attribute}{'-keep-' + keep[1] if keep else ''}-{how}"
-        label = f"edit-{name}-{subdir + '-' if subdir else ''}{stem}"
-        result.append(Stage(label, python(script, "--run", run, "--attribute", attribute, *keep, *source,
-                                          "--method", how, "--out", out), f"{out}/{stem}.json"))
+        command = python(script, "--run", run, "--attribute", attribute, *keep, *fit, "--method", how, "--out", out)
+        result.append(Stage(f"edit-{name}-{stem}", command, f"{out}/{stem}.json"))
     return result
 
 
@@ -114,14 +117,13 @@ def run_stage(stage: Stage) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--num", type=int, default=10000, help="synthetic images to generate (default 10000)")
+    parser.add_argument("--num", type=int, default=6000, help="synthetic images to generate (default 6000)")
     parser.add_argument("--only", nargs="+", help="run only these stages (see --list)")
     parser.add_argument("--list", action="store_true", help="list the stages and exit")
     args = parser.parse_args()
     plan = stages(args.num)
     if args.list:
-        for stage in plan:
-            print(f"{stage.name:16s} {' '.join(stage.command[1:])}")
+        print("\n".join(f"{stage.name:16s} {' '.join(stage.command[1:])}" for stage in plan))
         return 0
     if args.only:
         unknown = sorted(set(args.only) - {s.name for s in plan})
@@ -138,11 +140,8 @@ def main() -> int:
         seconds = run_stage(stage)
         if seconds:
             timings[stage.name] = round(seconds, 1)
-            tmp = timings_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(timings, indent=2) + "\n")
-            tmp.replace(timings_path)
-    elapsed = time.perf_counter() - start
-    print(f"[demo] finished in {elapsed:.0f} s; stage timings in {DEMO_OUT}/timings.json", flush=True)
+            atomic_write_text(timings_path, json.dumps(timings, indent=2) + "\n")
+    print(f"[demo] finished in {time.perf_counter() - start:.0f} s; stage timings in {DEMO_OUT}/timings.json")
     return 0
 
 
