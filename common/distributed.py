@@ -107,10 +107,9 @@ def resolve_device(spec: str, local: int = 0) -> torch.device:
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bf16 in hardware; elsewhere bf16 autocast is emulated and slower than fp32.
 
-    CPUs: oneDNN's own test (AVX-512 BW/VL/DQ or AVX-NE-CONVERT). On an AVX2-only CPU (AMD Zen 3) the VAE trained
-    at 9.4 img/s under bf16 autocast against 92 img/s in fp32 (``scripts/benchmark.py --only vae --modes fp32
-    bf16``); on the bf16-capable CPU this project was first measured on, bf16 was several times faster than fp32.
-    CUDA: Ampere and newer. MPS: no (autocast support there depends on the OS version).
+    CPUs: oneDNN's own test (AVX-512 BW/VL/DQ or AVX-NE-CONVERT); on an AVX2-only CPU bf16 autocast is emulated
+    and about 10x slower than fp32 (docs/findings.md, "Speed on CPUs"). CUDA: Ampere and newer. MPS: no
+    (autocast support there depends on the OS version).
     """
     if device.type == "cuda":
         # including_emulation=False: pre-Ampere GPUs (V100, T4) "support" bf16 only by emulation

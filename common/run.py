@@ -175,9 +175,8 @@ def keep_freed_memory() -> bool:
 
     PyTorch's CPU allocator is plain malloc. By default glibc serves big blocks with a fresh mmap and unmaps them
     on free (and trims the heap top back to the OS), so every training step page-faults its activations and
-    gradients in again: ~28k zero-filled 4 KiB pages per VAE step at 64x64 (113 MB), 265k per PGGAN iteration,
-    20-25% of the step time on CPU (measured with scripts/benchmark.py). A fixed 32 MiB mmap threshold (glibc's
-    largest) and a 1 GiB trim threshold let the next step reuse the same pages. Blocks above 32 MiB are still
+    gradients in again, a fifth of a CPU step or more (docs/findings.md, "Speed on CPUs"). A fixed 32 MiB mmap
+    threshold (glibc's largest) and a 1 GiB trim threshold let the next step reuse the same pages. Blocks above 32 MiB are still
     mapped and returned; the cost is that up to the step's peak stays resident, which training holds anyway.
     No-op (False) off glibc.
     """
@@ -195,8 +194,8 @@ def adam(params, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: floa
          decoupled: bool = False) -> torch.optim.Optimizer:
     """Adam (AdamW when ``decoupled``) with the fastest exact implementation for the parameters' device.
 
-    ``fused=True`` (one kernel over all parameters) is 4x faster than ``foreach`` on the CPU (11.8M parameters:
-    7 ms vs 30 ms per step) and is what CUDA recommends too; the same fp32 update, in another operation order.
+    ``fused=True`` (one kernel over all parameters) is several times faster than ``foreach`` on the CPU and is what
+    CUDA recommends too; the same fp32 update, in another operation order.
     Elsewhere (e.g. MPS) ``foreach``. Every trainer and scripts/benchmark.py build their optimisers here.
     """
     params = list(params)

@@ -124,9 +124,8 @@ def _norm(kind: str, channels: int) -> nn.Module:
 
 
 # On the CPU a 3x3 convolution touching a map of at most GEMM_MAX_POSITIONS positions (the 2x2 bottom of the VAE)
-# runs as im2col + one matrix multiply: oneDNN's convolution kernels for such maps reach ~1/5 of its GEMM rate
-# (256 -> 512 channels, 4x4 -> 2x2, batch 64, bf16: 12.4 ms forward + backward as a convolution, 6.3 ms as a
-# GEMM; the mirrored transposed convolution 14.7 ms vs 5.7 ms). Same parameters and the same sums; only the
+# runs as im2col + one matrix multiply: oneDNN's convolution kernels for such maps reach a fraction of its GEMM
+# rate (about half the speed, docs/findings.md "Speed on CPUs"). Same parameters and the same sums; only the
 # order of the fp32 accumulation differs. Larger maps stay convolutions (there the GEMM's copies cost more).
 GEMM_MAX_POSITIONS = 4
 
