@@ -1,53 +1,150 @@
-"""scripts/benchmark.py measures what the trainers run: mode "default" is the config's train flags, every setup's
-step runs, and the scaling figure is written (tiny sizes, a few seconds)."""
+"""pipeline.benchmark (scripts/benchmark.py's library) measures what the trainers run, against the machine's own
+limit measured in the same run: mode "default" is the config's train flags, every method's own step runs, FLOPs
+are what FlopCounterMode counts, peak memory is the kernel's VmHWM, pass/fail compares fractions of the limit,
+and the JSON, the Markdown and the scaling figure are written (tiny sizes, a few seconds)."""
 
 from __future__ import annotations
 
-import sys
+import json
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
+from common.distributed import resolve_precision
+from pipeline.benchmark import (
+    MODES,
+    SETUPS,
+    Flags,
+    count_flops,
+    flags,
+    flags_name,
+    measure_limits,
+    peak_bytes,
+    plot_scaling,
+    results_markdown,
+    run_benchmarks,
+    time_steps,
+    train_row,
+    verdict,
+    write_json,
+)
 
-import benchmark  # noqa: E402
+CPU = torch.device("cpu")
+SMALLEST = {"vae": 16, "glow": 8, "pggan": 8, "predictor": 32}  # the smallest resolution each model takes
+LIMITS = {"gflops": {"fp32": 50.0, "bf16": 100.0}, "copy_gb_per_s": 10.0}
 
-from common.distributed import resolve_precision  # noqa: E402
+
+def _vmhwm_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
 
 
 @pytest.mark.parametrize("method", ["vae", "glow", "pggan", "predictor"])
-def test_default_mode_is_the_config_and_a_step_runs(method):
-    resolution = {"vae": 16, "glow": 8, "pggan": 8, "predictor": 32}[method]  # the smallest each model takes
-    setup = benchmark.SETUPS[method]("synthetic", torch.device("cpu"), resolution=resolution, batch=4)
+def test_default_mode_is_the_config_and_the_methods_own_step_runs(method):
+    setup = SETUPS[method]("synthetic", CPU, resolution=SMALLEST[method], batch=4)
     train = setup.train_cfg
-    cpu = torch.device("cpu")
-    flags = benchmark._flags("default", train, cpu)
-    assert flags == (resolve_precision(train.precision, cpu)[0] == "bf16", train.channels_last, train.compile)
-    step, calls = setup.make_step("default"), []
-    seconds, peak, first = benchmark.time_steps(lambda: calls.append(step()), steps=2, warmup=2,
-                                                device=torch.device("cpu"))
+    f = flags("default", train, CPU)
+    assert f == (resolve_precision(train.precision, CPU)[0], train.channels_last, train.compile)
+    step, calls = setup.make_step(f), []
+    seconds, first = time_steps(lambda: calls.append(step()), steps=2, warmup=2, device=CPU)
     assert len(calls) == 1 + 1 + 2  # the timed first step, the rest of the warm-up, then the timed steps
-    assert 0 < seconds < 60 and 0 < first < 60 and peak >= 0
+    assert 0 < seconds < 60 and 0 < first < 60
+    assert calls[-1] is not None  # the package's train_step returns its losses (Glow: a StepResult)
 
 
 def test_time_steps_reports_the_median_and_the_first_step_apart():
-    import time
-
     durations = iter([0.08, 0.0, 0.01, 0.05, 0.01])  # first (e.g. a compile), one more warm-up, three timed
 
     def step():
         time.sleep(next(durations))
 
-    seconds, _, first = benchmark.time_steps(step, steps=3, warmup=2, device=torch.device("cpu"))
+    seconds, first = time_steps(step, steps=3, warmup=2, device=CPU)
     assert 0.08 <= first < 0.15
     assert 0.01 <= seconds < 0.02  # the median of 0.01, 0.05, 0.01, not their mean (0.023)
 
 
 def test_default_flags_name_what_training_runs():
-    assert benchmark._flags_name(benchmark.Flags(True, True, False)) == "channels_last+bf16"
-    assert benchmark._flags_name(benchmark.Flags(False, False, True)) == "compile+fp32"
+    assert flags_name(Flags("bf16", True, False)) == "channels_last+bf16"
+    assert flags_name(Flags("fp32", False, True)) == "compile+fp32"
+    assert MODES["channels_last+bf16"] == Flags("bf16", True, False)
+
+
+def test_limits_are_positive_numbers_per_precision_and_a_bandwidth():
+    limits = measure_limits(CPU, n=128, repeats=2, copy_mib=4)
+    assert {"fp32", "bf16"} <= set(limits["gflops"])
+    for value in (*limits["gflops"].values(), limits["copy_gb_per_s"]):
+        assert isinstance(value, float) and value > 0
+    assert limits["matmul_n"] == {"fp32": 128, "bf16": 128} and limits["threads"] == torch.get_num_threads()
+
+
+def test_flop_count_of_a_linear_step_is_the_matmul_arithmetic():
+    layer = torch.nn.Linear(64, 32)
+    forward = 2 * 8 * 64 * 32
+    x = torch.randn(8, 64)
+    assert count_flops(lambda: layer(x)) == forward
+    assert count_flops(lambda: layer(x).sum().backward()) == 2 * forward  # backward: the weight's gradient only
+    x.requires_grad_(True)
+    assert count_flops(lambda: layer(x).sum().backward()) == 3 * forward  # + the input's gradient
+
+
+def test_a_training_row_reports_flops_and_its_fraction_of_the_limit():
+    setup = SETUPS["vae"]("synthetic", CPU, resolution=16, batch=4)
+    expected = count_flops(setup.make_step(MODES["fp32"])) / 4  # one step of the same model, counted apart
+    row = train_row(setup, "fp32", steps=1, warmup=1, device=CPU, limits=LIMITS)
+    assert row["flops_per_image"] > 0 and row["flops_per_image"] == pytest.approx(expected, rel=1e-6)
+    assert row["limit_gflops"] == LIMITS["gflops"]["fp32"]
+    assert row["fraction_of_limit"] == pytest.approx(
+        row["flops_per_image"] * row["img_per_s"] / (LIMITS["gflops"]["fp32"] * 1e9), rel=1e-3)
+    bf16 = train_row(setup, "bf16", steps=1, warmup=1, device=CPU, limits=LIMITS)
+    assert bf16["flops_per_image"] == row["flops_per_image"] and bf16["limit_gflops"] == 100.0  # its precision's
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="VmHWM is Linux's")
+def test_peak_memory_is_the_kernels_vmhwm_and_never_decreases_between_rows():
+    assert abs(peak_bytes(CPU) - _vmhwm_bytes()) <= 8 * 2**20  # the same counter (it may grow in between)
+    big = torch.ones(64 * 2**20 // 4)  # 64 MiB resident
+    big.add_(1)
+    high = peak_bytes(CPU)
+    del big
+    setup = SETUPS["vae"]("synthetic", CPU, resolution=16, batch=4)
+    rows = [train_row(setup, mode, steps=1, warmup=1, device=CPU, limits=LIMITS) for mode in ("fp32", "bf16")]
+    assert rows[0]["peak_MB"] * 2**20 >= high - 2**20  # not reset (no clear_refs): the 64 MiB peak still counts
+    assert rows[1]["peak_MB"] >= rows[0]["peak_MB"]
+
+
+def test_pass_fail_compares_fractions_of_the_limit_not_img_per_s():
+    assert verdict("vae", "reference", "bf16", 0.31) == (0.30, "pass")
+    assert verdict("vae", "reference", "bf16", 0.29) == (0.30, "FAIL")
+    assert verdict("vae", "synthetic", "bf16", 0.01) == ("-", "-")  # only the reference size is judged
+    assert verdict("vae", "reference", "fp32", 0.01) == ("-", "-")  # the target is a fraction of the bf16 limit
+    setup = SETUPS["vae"]("reference", CPU, resolution=32, batch=2)  # the same step, two limits
+    slow = train_row(setup, "bf16", 1, 1, CPU, {"gflops": {"fp32": 1.0, "bf16": 1e-6}})
+    fast = train_row(setup, "bf16", 1, 1, CPU, {"gflops": {"fp32": 1.0, "bf16": 1e9}})
+    assert slow["passed"] == "pass" and fast["passed"] == "FAIL"  # whatever the img/s: the machine's limit decides
+
+
+def test_run_writes_json_merged_with_earlier_runs_and_markdown(tmp_path):
+    path = tmp_path / "benchmark.json"
+    path.write_text(json.dumps({"loader": {"rows": [{"pipeline": "earlier"}]}}))
+    args = SimpleNamespace(device="cpu", modes=["bf16"], compile=False, steps=1, warmup=1, matmul_n=128)
+    command = "python scripts/benchmark.py --only vae --modes bf16 --steps 1 --warmup 1"
+    merged = write_json(path, run_benchmarks(["vae"], args, command))
+    on_disk = json.loads(path.read_text())
+    assert on_disk == merged and on_disk["loader"]["rows"] == [{"pipeline": "earlier"}]  # kept
+    assert {"cpu", "avx512_bf16", "amx", "cores", "torch", "date"} <= set(on_disk["machine"])
+    assert on_disk["limits"]["gflops"]["bf16"] > 0 and on_disk["vae"]["limits"] == on_disk["limits"]
+    rows = on_disk["vae"]["rows"]
+    assert [(r["size"], r["mode"]) for r in rows] == [("reference", "bf16"), ("synthetic", "bf16")]
+    text = results_markdown(on_disk)
+    assert command in text and "GFLOP/s" in text and "GB/s" in text
+    table = [line for line in text.splitlines() if line.startswith("| vae |")]
+    assert len(table) == len(rows) and all(f"{r['fraction_of_limit']:.3f}" in t for r, t in zip(rows, table))
+    assert "2026-11-24" in text  # the reference implementations' numbers, labelled with their day
 
 
 def test_scaling_plot_is_written(tmp_path):
@@ -56,5 +153,10 @@ def test_scaling_plot_is_written(tmp_path):
             for m in ("vae", "glow") for sweep, res, batch in
             (("resolution", 32, 16), ("resolution", 64, 16), ("batch", 32, 8), ("batch", 32, 16))]
     path = tmp_path / "scaling.png"
-    benchmark._plot_scaling(rows, path)
+    plot_scaling(rows, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_script_is_arguments_and_library_calls():
+    text = (Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py").read_text()
+    assert len(text.splitlines()) < 150 and "sys.path" not in text and "from pipeline.benchmark import" in text
