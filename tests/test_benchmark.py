@@ -80,6 +80,11 @@ def test_limits_are_positive_numbers_per_precision_and_a_bandwidth():
     for value in (*limits["gflops"].values(), limits["copy_gb_per_s"]):
         assert isinstance(value, float) and value > 0
     assert limits["matmul_n"] == {"fp32": 128, "bf16": 128} and limits["threads"] == torch.get_num_threads()
+    # at a real size the limit is the faster of the matmul and the convolution (oneDNN's can outrun the GEMM)
+    limits = measure_limits(CPU, n=1024, repeats=1, copy_mib=4)
+    for precision, rate in limits["gflops"].items():
+        assert limits["conv_gflops"][precision] > 0
+        assert rate == max(limits["matmul_gflops"][precision], limits["conv_gflops"][precision])
 
 
 def test_flop_count_of_a_linear_step_is_the_matmul_arithmetic():

@@ -5,8 +5,9 @@
   name) and the date.
 - ``measure_limits``: what the hardware does in the same run, on every thread torch uses: the rate of a square
   n x n matrix multiply (2 n^3 FLOPs; n = 2048 on a CPU, smaller when one product would take over ~1 s, as with
-  emulated bf16; 8192 on CUDA) in each precision (fp32, bf16; fp16 too on CUDA), the median of ``repeats`` timed
-  products after one untimed one, in GFLOP/s; and a memory bandwidth, ``dst.copy_(src)`` of a 64 MiB fp32 tensor
+  emulated bf16; 8192 on CUDA) and of a large 3x3 convolution in each precision (fp32, bf16; fp16 too on CUDA),
+  the median of ``repeats`` timed calls after one untimed one, in GFLOP/s; the limit is the faster of the two
+  (oneDNN's convolutions outrun torch.mm's GEMM on some CPUs); and a memory bandwidth, ``dst.copy_(src)`` of a 64 MiB fp32 tensor
   (1 GiB on CUDA) counted as read + write, median of ``repeats``, in GB/s.
   ``measure_limits_apart`` does it in a fresh (spawned) process with the same thread count, so that the
   benchmark process's peak memory (VmHWM) does not start at the limits' buffers.
@@ -179,6 +180,18 @@ def matmul_gflops(precision: str, device: torch.device, n: int | None = None, re
     return 2 * n**3 / seconds / 1e9, n
 
 
+def conv_gflops(precision: str, device: torch.device, repeats: int = 5) -> float:
+    """GFLOP/s of a 3x3, 512 -> 512 channel convolution on 16 x 16 maps (batch 16; channels_last), the shape of a
+    large model's convolutions: on some CPUs oneDNN's convolutions run faster than torch.mm (MKL's GEMM)."""
+    dtype = DTYPES[precision]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 512, 16, 16, generator=gen).to(device=device, dtype=dtype, memory_format=torch.channels_last)
+    w = torch.randn(512, 512, 3, 3, generator=gen).to(device=device, dtype=dtype, memory_format=torch.channels_last)
+    torch.nn.functional.conv2d(x, w, padding=1)  # untimed
+    seconds = _median_seconds(lambda: torch.nn.functional.conv2d(x, w, padding=1), repeats, device)
+    return 2 * 16 * 512 * 512 * 9 * 16 * 16 / seconds / 1e9
+
+
 def copy_gb_per_s(device: torch.device, mib: int | None = None, repeats: int = 5) -> tuple[float, int]:
     """(GB/s, MiB) of dst.copy_(src) on fp32 tensors of ``mib`` MiB, bytes read + written."""
     mib = mib or (1024 if device.type == "cuda" else 64)
@@ -191,16 +204,21 @@ def copy_gb_per_s(device: torch.device, mib: int | None = None, repeats: int = 5
 
 def measure_limits(device: torch.device, n: int | None = None, repeats: int = 5, copy_mib: int | None = None
                    ) -> dict:
-    """{"gflops": {precision: GFLOP/s}, "matmul_n": {precision: n}, "copy_gb_per_s", ...}: see the docstring."""
+    """{"gflops": {precision: the faster of matmul and conv}, "matmul_gflops", "conv_gflops", "matmul_n",
+    "copy_gb_per_s", ...}: see the docstring."""
     precisions = ["fp32", "bf16"] + (["fp16"] if device.type == "cuda" else [])
-    gflops, sizes = {}, {}
+    gflops, matmul, conv, sizes = {}, {}, {}, {}
     for precision in precisions:
         rate, size = matmul_gflops(precision, device, n, repeats)
-        gflops[precision], sizes[precision] = round(rate, 2), size
+        matmul[precision], sizes[precision] = round(rate, 2), size
+        conv[precision] = round(conv_gflops(precision, device, repeats), 2) if size >= 1024 else 0.0  # not emulated
+        gflops[precision] = max(matmul[precision], conv[precision])
     bandwidth, mib = copy_gb_per_s(device, copy_mib, repeats)
-    return {"gflops": gflops, "matmul_n": sizes, "repeats": repeats, "copy_gb_per_s": round(bandwidth, 2),
-            "copy_mib": mib, "threads": torch.get_num_threads(), "device": str(device),
-            "how": "median of square matmuls (2 n^3 FLOPs) per precision; dst.copy_(src) counted read + write"}
+    return {"gflops": gflops, "matmul_gflops": matmul, "conv_gflops": conv, "matmul_n": sizes, "repeats": repeats,
+            "copy_gb_per_s": round(bandwidth, 2), "copy_mib": mib, "threads": torch.get_num_threads(),
+            "device": str(device),
+            "how": "per precision the faster of a square matmul (2 n^3 FLOPs) and a 3x3 512-channel convolution, "
+                   "medians; dst.copy_(src) counted read + write"}
 
 
 def _limits_in_child(device: str, n: int | None, threads: int) -> dict:

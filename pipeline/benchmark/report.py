@@ -43,9 +43,10 @@ def write_json(path: str | Path, results: dict) -> dict:
 
 
 def limits_line(limits: dict) -> str:
-    rates = ", ".join(f"{p} {g:,.1f} GFLOP/s (n={limits.get('matmul_n', {}).get(p, '?')})"
-                      for p, g in limits["gflops"].items())
-    return (f"matmul {rates}; copy {limits['copy_gb_per_s']:,.1f} GB/s ({limits.get('copy_mib', '?')} MiB); "
+    matmul, conv = limits.get("matmul_gflops", limits["gflops"]), limits.get("conv_gflops", {})
+    rates = ", ".join(f"{p} {g:,.1f} GFLOP/s (matmul n={limits.get('matmul_n', {}).get(p, '?')} "
+                      f"{matmul.get(p, g):,.1f}, 3x3 conv {conv.get(p, 0):,.1f})" for p, g in limits["gflops"].items())
+    return (f"limit {rates}; copy {limits['copy_gb_per_s']:,.1f} GB/s ({limits.get('copy_mib', '?')} MiB); "
             f"torch threads {limits.get('threads', '?')} on {limits.get('device', '?')}, median of "
             f"{limits.get('repeats', '?')}")
 
@@ -93,8 +94,8 @@ def results_markdown(results: dict) -> str:
                          f"({r['precision']}) | {r['peak_MB']:,.0f} | {_verdict(r)} |")
     peak = next((e.get("peak_memory") for _, e in entries if e.get("peak_memory")), None)
     start = next((e.get("peak_MB_at_start") for _, e in entries if e.get("peak_MB_at_start")), None)
-    lines += ["", "- fraction of limit = GFLOP/img x img/s / the matmul GFLOP/s of the row's precision, measured in "
-              "the same run; GFLOP/img is torch.utils.flop_counter's count of one training step (matmuls and "
+    lines += ["", "- fraction of limit = GFLOP/img x img/s / the limit GFLOP/s of the row's precision (the faster of "
+              "a matmul and a 3x3 convolution), measured in the same run; GFLOP/img is torch.utils.flop_counter's count of one training step (matmuls and "
               "convolutions, forward + backward) over the batch."]
     targets = {m: e.get("target_fraction_bf16") for m, e in entries if e.get("target_fraction_bf16") is not None}
     if targets:
