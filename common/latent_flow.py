@@ -253,13 +253,25 @@ class ConditionalLatentFlow(nn.Module):
 def fit_latent_flow(latents, conditions, blocks: int = 8, hidden: int = 256, epochs: int = 60,
                     batch_size: int = 256, lr: float = 1e-3, weight_decay: float = 1e-5, val_fraction: float = 0.1,
                     patience: int = 8, seed: int = 0, progress: bool = False,
-                    shape: tuple[int, int, int] | None = None, index=None) -> tuple[ConditionalLatentFlow, dict]:
+                    shape: tuple[int, int, int] | None = None, index=None, pairs=None,
+                    pair_weight: float = 0.0) -> tuple[ConditionalLatentFlow, dict]:
     """Fit p(z | c) by maximum likelihood; keep the weights of the best validation epoch (early stopping).
 
     latents [N, D], conditions [N] or [N, K]; ``shape`` (C, H, W) fits convolutional couplings on latents that are
     maps (see ConditionalLatentFlow); ``index`` fits the flow on those positions of the latents only (``walk``
     then edits that part of whole latents). Returns (the flow in float64 and eval mode, metrics: train and
     validation negative log-likelihood in nats per dimension, the read-out's R^2 per condition, epochs, seconds).
+
+    ``pairs`` (z_a [P, D], c_a [P] or [P, K], z_b [P, D], c_b, in the units of ``latents`` and ``conditions``):
+    latents of one face under two conditions (one person's photos at two yaws). Likelihood alone does not say
+    which latent under c_b is the same face as z_a; with ``pair_weight`` > 0 every step also minimises
+    ``pair_weight`` times the mean squared error, per standardised latent dimension, between the transport
+    F(F^{-1}(z_a; c_a); c_b) and z_b, on a batch of pairs drawn from a stream of its own (the likelihood's
+    batches stay those of a fit without pairs). A tenth (``val_fraction``) of the pairs is held out, and the early
+    stopping watches the validation objective: likelihood plus ``pair_weight`` times their error. Given pairs, the
+    metrics add ``pair_mse``: that error over all of them, for the returned weights (with a weight, also the
+    train and validation pairs' errors at the best epoch). Without pairs, or with ``pair_weight`` 0, the fit is the
+    maximum-likelihood one, bit for bit.
     """
     from tqdm import tqdm
 
@@ -274,8 +286,13 @@ def fit_latent_flow(latents, conditions, blocks: int = 8, hidden: int = 256, epo
     dim = z.shape[1] if index is None else len(np.asarray(index).reshape(-1))
     torch.manual_seed(seed)
     flow = ConditionalLatentFlow(dim, c.shape[1], blocks, hidden, seed, shape, index, z.shape[1])  # checks index
+    pair_data = None if pairs is None else _pair_tensors(pairs, z.shape[1], c.shape[1])
+    if not math.isfinite(pair_weight) or pair_weight < 0 or (pair_weight > 0 and pairs is None):
+        raise LatentFlowError(f"latent flow: pair_weight {pair_weight} needs pairs and must be finite and >= 0")
     if index is not None:
         z = z[:, flow.index]
+        if pair_data is not None:
+            pair_data = (pair_data[0][:, flow.index], pair_data[1], pair_data[2][:, flow.index], pair_data[3])
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(z), generator=generator)
     n_val = max(1, int(round(val_fraction * len(z))))
@@ -305,26 +322,58 @@ def fit_latent_flow(latents, conditions, blocks: int = 8, hidden: int = 256, epo
         u, logdet = flow.to_base(z[idx], c[idx])
         return (0.5 * u.pow(2).sum(1) - logdet).mean() / dim
 
+    def pair_error(idx: torch.Tensor) -> torch.Tensor:  # squared transport error per standardised dimension
+        za, ca, zb, cb = (t[idx] for t in pair_data)
+        moved = flow.from_base(flow.to_base(za, ca)[0], cb)
+        return ((moved - zb) / flow.z_std).pow(2).mean()
+
+    def mean_pair_error(idx: torch.Tensor) -> float:  # the same over many pairs, in chunks, without gradients
+        with torch.no_grad():
+            return sum(pair_error(part).item() * len(part) for part in idx.split(4 * batch_size)) / len(idx)
+
+    train_pairs = pair_data is not None and pair_weight > 0
+    if train_pairs:  # a validation part of the pairs, as of the latents, for the early stopping
+        pair_generator = torch.Generator().manual_seed(seed + 1)  # its own stream: the likelihood's is untouched
+        pair_rows = torch.randperm(len(pair_data[0]), generator=pair_generator)
+        n_pair_val = max(1, int(round(val_fraction * len(pair_rows)))) if len(pair_rows) >= 10 else 0
+        pair_val, pair_train = (pair_rows[:n_pair_val], pair_rows[n_pair_val:]) if n_pair_val else (pair_rows,) * 2
+        pair_batch = min(batch_size, len(pair_train))
+        steps = -(-len(train) // batch_size)
+        pair_history = []
+
     best, best_state, stale, history, started = math.inf, None, 0, [], time.perf_counter()
     flushed = torch.set_flush_denormal(True)  # tiny coupling weights otherwise slow the CPU epochs down ~5x
     bar = tqdm(range(epochs), desc="latent flow", unit="epoch", disable=not progress, leave=False)
     for _ in bar:
         flow.train()
         perm = train[torch.randperm(len(train), generator=generator)]
+        if train_pairs:  # enough shuffled passes over the pairs for a batch of them at every step
+            pair_order = torch.cat([pair_train[torch.randperm(len(pair_train), generator=pair_generator)]
+                                    for _ in range(-(-steps * pair_batch // len(pair_train)))])
+            pair_total = 0.0
         total = 0.0
-        for i in range(0, len(perm), batch_size):
+        for step, i in enumerate(range(0, len(perm), batch_size)):
             loss = nll(perm[i:i + batch_size])
+            objective = loss
+            if train_pairs:
+                pair_loss = pair_error(pair_order[step * pair_batch:(step + 1) * pair_batch])
+                objective = loss + pair_weight * pair_loss
+                pair_total += pair_loss.item()
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            objective.backward()
             opt.step()
             total += loss.item() * len(perm[i:i + batch_size])
         flow.eval()
         with torch.no_grad():
             val_nll = nll(val).item()
-        history.append((total / len(perm), val_nll))
-        bar.set_postfix(val=f"{val_nll:.3f}")
-        if val_nll < best - 1e-4:
-            best, stale = val_nll, 0
+        criterion = val_nll  # what the early stopping watches: the validation value of the objective
+        if train_pairs:
+            pair_history.append((pair_total / steps, mean_pair_error(pair_val)))
+            criterion = val_nll + pair_weight * pair_history[-1][1]
+        history.append((total / len(perm), val_nll, criterion))
+        bar.set_postfix(val=f"{criterion:.3f}")
+        if criterion < best - 1e-4:
+            best, stale = criterion, 0
             best_state = {k: v.clone() for k, v in flow.state_dict().items()}
         else:
             stale += 1
@@ -335,10 +384,38 @@ def fit_latent_flow(latents, conditions, blocks: int = 8, hidden: int = 256, epo
         torch.set_flush_denormal(False)
     if best_state is not None:
         flow.load_state_dict(best_state)
-    best_epoch = int(np.argmin([v for _, v in history])) + 1
-    metrics = {"train_nll_per_dim": round(history[best_epoch - 1][0], 5), "val_nll_per_dim": round(best, 5),
+    best_epoch = int(np.argmin([v for _, _, v in history])) + 1
+    metrics = {"train_nll_per_dim": round(history[best_epoch - 1][0], 5),
+               "val_nll_per_dim": round(history[best_epoch - 1][1], 5),
                "best_epoch": best_epoch, "epochs_run": len(history), "n_train": int(len(train)),
                "n_val": int(n_val), "readout_r2": [round(float(v), 4) for v in r2],
                "fit_seconds": round(time.perf_counter() - started, 1),
                "nll_note": "nats per latent dimension, standardised latents, without the 0.5 log(2 pi) constant"}
+    if pair_data is not None:
+        metrics.update(pair_mse=round(mean_pair_error(torch.arange(len(pair_data[0]))), 6),
+                       pair_weight=float(pair_weight), n_pairs=int(len(pair_data[0])),
+                       pair_note="mean squared error of F(F^-1(z_a; c_a); c_b) against z_b per standardised latent "
+                                 "dimension, over all pairs, for the returned weights")
+        if train_pairs:
+            metrics.update(train_pair_mse=round(pair_history[best_epoch - 1][0], 6),
+                           val_pair_mse=round(pair_history[best_epoch - 1][1], 6), n_val_pairs=n_pair_val)
     return flow.double().eval().requires_grad_(False), metrics
+
+
+def _pair_tensors(pairs, full_dim: int, cond_dim: int) -> tuple[torch.Tensor, ...]:
+    """``fit_latent_flow``'s pairs (z_a [P, D], c_a [P] or [P, K], z_b, c_b) -> float32 tensors, conditions
+    [P, K]; one-line errors for a wrong shape or a non-finite value."""
+    try:
+        z_a, c_a, z_b, c_b = pairs
+    except (TypeError, ValueError):
+        raise LatentFlowError("latent flow: pairs must be a tuple (z_a, c_a, z_b, c_b)") from None
+    z_a, z_b, c_a, c_b = (torch.as_tensor(np.asarray(v), dtype=torch.float32) for v in (z_a, z_b, c_a, c_b))
+    count = len(z_a) if z_a.ndim else 0
+    c_a, c_b = (v.reshape(len(v), -1) if v.ndim and v.numel() else v for v in (c_a, c_b))
+    if (count == 0 or z_a.shape != (count, full_dim) or z_b.shape != (count, full_dim)
+            or c_a.shape != (count, cond_dim) or c_b.shape != (count, cond_dim)):
+        raise LatentFlowError(f"latent flow: expected pairs of latents [P, {full_dim}] and conditions [P, {cond_dim}]"
+                              f", got {tuple(z_a.shape)}, {tuple(c_a.shape)}, {tuple(z_b.shape)}, {tuple(c_b.shape)}")
+    if not all(torch.isfinite(v).all() for v in (z_a, c_a, z_b, c_b)):
+        raise LatentFlowError("latent flow: the pairs hold non-finite values")
+    return z_a, c_a, z_b, c_b

@@ -159,3 +159,74 @@ def test_a_flow_on_part_of_the_latents_edits_only_that_part_and_is_saved_with_it
         flow.walk(whole[:4, :6], strengths)
     with pytest.raises(LatentFlowError, match="index must hold"):
         fit_latent_flow(whole, y, index=[3, 12])
+
+
+def turning_world(n: int, seed: int, dim: int = 4, turn: float = 1.2):
+    """Faces v ~ N(0, I) whose 'pose' y rotates each pair of dimensions by turn * y: p(z | y) = N(0, I) at every
+    y, so the likelihood is the same for every flow that rotates with y (the identity among them) and only pairs
+    of one face under two poses say which rotation it is. -> (latents(v, y), faces v [n, D], rng)."""
+    rng = np.random.default_rng(seed)
+
+    def latents(v, y):
+        angle = turn * np.asarray(y)[:, None]  # [n, 1]
+        even, odd = v[:, 0::2], v[:, 1::2]
+        out = np.empty_like(v)
+        out[:, 0::2] = np.cos(angle) * even - np.sin(angle) * odd
+        out[:, 1::2] = np.sin(angle) * even + np.cos(angle) * odd
+        return out
+
+    return latents, rng.normal(size=(n, dim)), rng
+
+
+def test_a_fit_without_pairs_is_the_maximum_likelihood_fit_bit_for_bit():
+    latents, y, radius, rest = curved_world(300, seed=5)
+    z = latents(y, radius, rest)
+    pairs = (z[:20], y[:20], z[20:40], y[20:40])
+    fits = [fit_latent_flow(z, y, blocks=2, hidden=8, epochs=3, batch_size=64, seed=1, **extra)
+            for extra in ({}, {"pairs": None, "pair_weight": 0.0}, {"pairs": pairs, "pair_weight": 0.0})]
+    reference = fits[0][0].state_dict()
+    for flow, metrics in fits[1:]:
+        assert all(torch.equal(reference[k], v) for k, v in flow.state_dict().items())
+        assert metrics["val_nll_per_dim"] == fits[0][1]["val_nll_per_dim"]
+        assert metrics["best_epoch"] == fits[0][1]["best_epoch"]
+    assert "pair_mse" not in fits[1][1] and fits[2][1]["pair_mse"] > 0 and fits[2][1]["n_pairs"] == 20
+
+
+def test_the_pair_loss_teaches_the_flow_which_latent_is_the_same_face():
+    latents, faces, rng = turning_world(1500, seed=0)
+    y = rng.uniform(-1, 1, len(faces))
+    paired, pair_rng = turning_world(300, seed=1)[1:]
+    y_a, y_b = pair_rng.uniform(-1, 1, 300), pair_rng.uniform(-1, 1, 300)
+    pairs = (latents(paired, y_a), y_a, latents(paired, y_b), y_b)
+    held_out, test_rng = turning_world(200, seed=2)[1:]  # other faces
+    t_a, t_b = test_rng.uniform(-1, 1, 200), test_rng.uniform(-1, 1, 200)
+    start, truth = latents(held_out, t_a), latents(held_out, t_b)
+    errors, fits = [], []
+    for weight in (0.0, 1.0):
+        flow, metrics = fit_latent_flow(latents(faces, y), y, blocks=6, hidden=32, epochs=20, batch_size=128,
+                                        seed=0, patience=100, pairs=pairs, pair_weight=weight)
+        moved = flow.transport(torch.as_tensor(start), torch.as_tensor(t_a), torch.as_tensor(t_b)).numpy()
+        errors.append(float(((moved - truth) ** 2).mean()))
+        fits.append(metrics)
+    unmoved = float(((start - truth) ** 2).mean())
+    assert errors[0] > 0.8 * unmoved, (errors, unmoved)  # likelihood alone: about the identity
+    assert errors[1] < 0.5 * errors[0], errors  # with the pairs: most of the turn, on faces it never saw
+    assert fits[1]["pair_mse"] < 0.5 * fits[0]["pair_mse"] and "val_pair_mse" in fits[1]
+    assert fits[1]["val_nll_per_dim"] < fits[0]["val_nll_per_dim"] + 0.1  # at little cost in likelihood
+
+
+def test_pairs_are_checked_and_follow_the_flow_onto_part_of_the_latents():
+    rng = np.random.default_rng(0)
+    z, y = rng.normal(size=(200, 5)), rng.uniform(-1, 1, 200)
+    with pytest.raises(LatentFlowError, match="needs pairs"):
+        fit_latent_flow(z, y, pair_weight=1.0)
+    with pytest.raises(LatentFlowError, match=r"pairs of latents \[P, 5\]"):
+        fit_latent_flow(z, y, pairs=(z[:4, :3], y[:4], z[4:8, :3], y[4:8]), pair_weight=1.0)
+    with pytest.raises(LatentFlowError, match="a tuple"):
+        fit_latent_flow(z, y, pairs=(z[:4], y[:4]), pair_weight=1.0)
+    with pytest.raises(LatentFlowError, match="non-finite"):
+        fit_latent_flow(z, y, pairs=(z[:4] * np.nan, y[:4], z[4:8], y[4:8]), pair_weight=1.0)
+    flow, metrics = fit_latent_flow(z, y, blocks=2, hidden=8, epochs=2, seed=0, shape=(2, 2, 1), index=[0, 1, 3, 4],
+                                    pairs=(z[:30], y[:30], z[30:60], y[30:60]), pair_weight=1.0)
+    assert flow.dim == 4 and metrics["n_pairs"] == 30 and metrics["n_val_pairs"] == 3
+    assert np.isfinite(metrics["pair_mse"]) and np.isfinite(metrics["train_pair_mse"])
