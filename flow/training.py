@@ -125,7 +125,7 @@ class GlowTrainer(Trainer):
                   f"{cfg.data.resolution}x{cfg.data.resolution}", flush=True)
         self.model = ctx.wrap(raw)
         self.glow: Glow = ctx.unwrap(self.model)
-        self.opt = adam(self.glow.parameters(), lr=cfg.train.lr)  # fused: 4x faster than foreach on the CPU
+        self.opt = adam(self.glow.parameters(), lr=cfg.train.lr)  # fused Adam (common.run.adam)
         self.ema: EMA | None = None  # made in start()/load_state_dict(): after the actnorm init or the weights
         self.skipped_total, self.skipped_run = 0, 0  # all skipped steps; consecutive ones
         self.last: StepResult | None = None
