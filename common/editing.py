@@ -444,7 +444,12 @@ def pose_latent_flow(model: EditableModel, cache, positions: np.ndarray, latents
 
 
 def run_cache_dir(run_dir, override: str | None = None) -> Path:
-    """The prepared cache a run was trained on: ``override`` (--cache), else RUN/config.yaml's data section."""
+    """The prepared cache a run was trained on: ``override`` (--cache), else RUN/config.yaml's data section.
+
+    A relative path is read from here when it exists here, else from the training's working directory (the
+    config's ``workdir``), else from the nearest folder above the run that holds it (runs made before workdir
+    was recorded); failing all, it is returned as it is, for the caller's error to name.
+    """
     if override:
         return Path(override)
     config_path = Path(run_dir) / "config.yaml"
@@ -452,11 +457,17 @@ def run_cache_dir(run_dir, override: str | None = None) -> Path:
         raise UserError(f"{config_path}: not found; pass --cache DIR or a run folder written by a training script")
     import yaml
 
-    data = (yaml.safe_load(config_path.read_text()) or {}).get("data") or {}
+    config = yaml.safe_load(config_path.read_text()) or {}
+    data = config.get("data") or {}
     if data.get("cache"):
-        return Path(data["cache"])
-    root = Path(data.get("root", "data/synthetic"))  # same rule as common.cache.default_cache_dir
-    return root.parent / "cache" / f"{root.name}_{data.get('resolution', 32)}"
+        path = Path(data["cache"])
+    else:
+        root = Path(data.get("root", "data/synthetic"))  # same rule as common.cache.default_cache_dir
+        path = root.parent / "cache" / f"{root.name}_{data.get('resolution', 32)}"
+    if path.is_absolute() or path.exists():
+        return path
+    bases = ([Path(config["workdir"])] if config.get("workdir") else []) + list(Path(run_dir).resolve().parents)
+    return next((base / path for base in bases if (base / path).exists()), path)
 
 
 def _open_cache(cache_dir: Path, split: str):

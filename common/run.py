@@ -337,7 +337,9 @@ class RunContext(StepTools):
             self.git_commit = git_commit()
             if self.resume:
                 _report_config_changes(self.out / "config.yaml", self.config_dict)
-            config_text = dump_config({"method": self.method, "git_commit": self.git_commit, **self.config_dict})
+            # workdir: where relative data paths in the config are read from (the edit scripts resolve them there)
+            config_text = dump_config({"method": self.method, "git_commit": self.git_commit,
+                                       "workdir": str(Path.cwd()), **self.config_dict})
             atomic_write_text(self.out / "config.yaml", config_text)
             auto = " (auto)" if self.cfg.train.precision == "auto" else ""
             print(f"run folder: {self.out}  (method {self.method}, device {self.device}, precision "
@@ -618,7 +620,7 @@ def _report_config_changes(previous_path: Path, config: dict) -> None:
         previous = yaml.safe_load(previous_path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):
         return
-    before = {k: v for k, v in _flatten(previous).items() if k.split(".")[0] not in ("method", "git_commit")}
+    before = {k: v for k, v in _flatten(previous).items() if k.split(".")[0] not in ("method", "git_commit", "workdir")}
     after = _flatten(config)
     changed = [f"{k}: {before.get(k, '<unset>')!r} -> {after.get(k, '<unset>')!r}"
                for k in sorted(set(before) | set(after)) if before.get(k, "<unset>") != after.get(k, "<unset>")]

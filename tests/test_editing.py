@@ -347,6 +347,16 @@ def test_output_stem_and_run_cache_dir(tmp_path):
     assert str(run_cache_dir(tmp_path, override="elsewhere")) == "elsewhere"
     with pytest.raises(UserError, match="config.yaml: not found"):
         run_cache_dir(tmp_path / "nope")
+    # a relative cache is found from wherever the reader runs: the training's workdir, else a folder above the run
+    work, project = tmp_path / "work", tmp_path / "project"
+    (work / "data/cache/faces_64").mkdir(parents=True)
+    (project / "data/cache/old_64").mkdir(parents=True)
+    run = project / "runs/vae/r"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(f"method: vae\nworkdir: {work}\ndata:\n  root: data/faces\n  resolution: 64\n")
+    assert run_cache_dir(run) == work / "data/cache/faces_64"
+    (run / "config.yaml").write_text("method: vae\ndata:\n  root: data/old\n  resolution: 64\n")  # no workdir
+    assert run_cache_dir(run) == project / "data/cache/old_64"
 
 
 def test_direction_file_of_another_size_is_reported(world, tmp_path):
