@@ -19,8 +19,8 @@ keys in one mapping are an error instead of silently keeping the last one. A ``-
 (``--set train.lr=1e-4``, ``--set model.channels=[32,64]``); for a string field the raw text is kept
 (``--set data.root=2024`` gives ``"2024"``), an empty value is the empty string and ``null`` is None.
 
-The run folder's ``config.yaml`` adds the top-level keys ``method`` and ``git_commit``; they are ignored when
-loading (``RUN_METADATA_KEYS``), so a run's config file can be passed back to ``--config`` as it is.
+The run folder's ``config.yaml`` adds the top-level keys ``method``, ``git_commit`` and ``workdir``; they are
+ignored when loading (``RUN_METADATA_KEYS``), so a run's config file can be passed back to ``--config`` as it is.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ __all__ = [
 # auto: bf16 where the device computes it natively, else fp32 (common.distributed.resolve_precision)
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 # Keys the run folder's config.yaml carries besides the config itself; skipped when loading a config.
-RUN_METADATA_KEYS = ("method", "git_commit")
+RUN_METADATA_KEYS = ("method", "git_commit", "workdir")
 
 
 class ConfigError(ValueError):

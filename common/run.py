@@ -74,7 +74,7 @@ from common.checkpoint import (
     strip_prefixes,
 )
 from common.cli import UserError
-from common.config import PRECISIONS, ConfigError, LogConfig, config_to_dict, dump_config
+from common.config import PRECISIONS, RUN_METADATA_KEYS, ConfigError, LogConfig, config_to_dict, dump_config
 from common.distributed import (
     all_reduce_any,
     all_reduce_mean,
@@ -176,9 +176,9 @@ def keep_freed_memory() -> bool:
     PyTorch's CPU allocator is plain malloc. By default glibc serves big blocks with a fresh mmap and unmaps them
     on free (and trims the heap top back to the OS), so every training step page-faults its activations and
     gradients in again, a fifth of a CPU step or more (docs/findings.md, "Speed on CPUs"). A fixed 32 MiB mmap
-    threshold (glibc's largest) and a 1 GiB trim threshold let the next step reuse the same pages. Blocks above 32 MiB are still
-    mapped and returned; the cost is that up to the step's peak stays resident, which training holds anyway.
-    No-op (False) off glibc.
+    threshold (glibc's largest) and a 1 GiB trim threshold let the next step reuse the same pages. Blocks above
+    32 MiB are still mapped and returned; the cost is that up to the step's peak stays resident, which training
+    holds anyway. No-op (False) off glibc.
     """
     try:
         import ctypes
@@ -620,7 +620,7 @@ def _report_config_changes(previous_path: Path, config: dict) -> None:
         previous = yaml.safe_load(previous_path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):
         return
-    before = {k: v for k, v in _flatten(previous).items() if k.split(".")[0] not in ("method", "git_commit", "workdir")}
+    before = {k: v for k, v in _flatten(previous).items() if k.split(".")[0] not in RUN_METADATA_KEYS}
     after = _flatten(config)
     changed = [f"{k}: {before.get(k, '<unset>')!r} -> {after.get(k, '<unset>')!r}"
                for k in sorted(set(before) | set(after)) if before.get(k, "<unset>") != after.get(k, "<unset>")]

@@ -25,7 +25,14 @@ from pathlib import Path
 from common.align import expand_image_paths
 from common.attributes import resolve_attribute
 from common.cli import UserError, run_main
-from common.editing import add_edit_arguments, load_target_predictor, parse_keep, parse_targets, resolve_device, run_edit
+from common.editing import (
+    add_edit_arguments,
+    load_target_predictor,
+    parse_keep,
+    parse_targets,
+    resolve_device,
+    run_edit,
+)
 from pipeline.registry import load_method
 
 
