@@ -23,7 +23,8 @@ class MetricInputError(ValueError):
 def _array(x, name: str, ndim: int | None = None) -> np.ndarray:
     """numpy float64 copy of an array or tensor, with an optional dimensionality check."""
     if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        x = (x.float() if str(x.dtype) in ("torch.bfloat16", "torch.float16") else x).numpy()
     a = np.asarray(x, dtype=np.float64)
     if ndim is not None and a.ndim != ndim:
         raise MetricInputError(f"{name}: expected a {ndim}-d array, got shape {tuple(a.shape)}")

@@ -21,13 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from common.metrics import psnr
 from interface_gan.pggan import Generator, build_networks, project_to_sphere, sample_latents
-
-
-def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB of [-1, 1] images mapped to [0, 1] (peak 1).  # [B, 3, H, W] x2 -> [B]"""
-    mse = ((x.float() - y.float()) / 2).pow(2).flatten(1).mean(dim=1)  # [B], in [0, 1] units
-    return 10.0 * torch.log10(1.0 / mse.clamp_min(1e-10))
 
 
 @dataclass
@@ -63,7 +58,7 @@ def invert(generate: Callable[[torch.Tensor], torch.Tensor], images: torch.Tenso
 
     with torch.no_grad():
         _, out0 = losses(z0)
-        initial = psnr(out0, target).reshape(b, starts).max(dim=1).values  # [B]
+        initial = torch.from_numpy(psnr(out0, target)).reshape(b, starts).max(dim=1).values  # [B]
     z = z0.clone().requires_grad_(True)
     opt = torch.optim.Adam([z], lr=lr)
     with torch.enable_grad():  # callers (run_edit) may hold torch.no_grad()
@@ -72,7 +67,7 @@ def invert(generate: Callable[[torch.Tensor], torch.Tensor], images: torch.Tenso
         total, out = losses(z)
         best = total.reshape(b, starts).argmin(dim=1)  # [B]
         pick = torch.arange(b, device=device) * starts + best
-        return InversionResult(z.detach()[pick], psnr(out[pick], images), total[pick], initial)
+        return InversionResult(z.detach()[pick], torch.from_numpy(psnr(out[pick], images)), total[pick], initial)
 
 
 def _optimise(z: torch.Tensor, opt: torch.optim.Optimizer, losses, steps: int, lr: float) -> None:

@@ -35,6 +35,8 @@ def test_psnr_identical_is_inf_and_known_noise():
     values = psnr(x, x + 0.2)
     assert values.shape == (3,)
     np.testing.assert_allclose(values, 20.0, atol=1e-9)
+    # the one psnr of the project takes reduced-precision tensors too (autocast outputs)
+    np.testing.assert_allclose(psnr(x.bfloat16(), (x + 0.2).bfloat16()), 20.0, atol=0.5)
     summary = summarize_psnr(np.array([np.inf, 20.0, 30.0]))
     assert summary["mean_db"] == 25.0 and summary["exact_fraction"] == pytest.approx(1 / 3)
     with pytest.raises(MetricInputError, match="shapes differ"):

@@ -98,17 +98,6 @@ def vae_loss(x: torch.Tensor, x_mean: torch.Tensor, mu: torch.Tensor, logvar: to
     return {"total": recon + beta * kl, "recon": recon, "kl": kl, "kl_per_dim": kl_dims.mean(dim=0)}
 
 
-def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Peak signal-to-noise ratio per image in dB, on images mapped from [-1, 1] to [0, 1] (peak 1).
-
-    x, y: [B, C, H, W] in [-1, 1]. Returns [B]. Both are clamped to [-1, 1] first.
-    """
-    a = (x.float().clamp(-1, 1) + 1) / 2
-    b = (y.float().clamp(-1, 1) + 1) / 2
-    mse = (a - b).pow(2).flatten(1).mean(dim=1).clamp_min(1e-12)  # [B]
-    return -10.0 * torch.log10(mse)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Model
 

@@ -18,10 +18,11 @@ import contextlib
 import torch
 
 from common.cache import CelebACache, open_training_cache, uint8_to_model
+from common.metrics import psnr
 from common.run import EMA, adam
 from common.training import StepTools, Trainer
 from vae.config import VAEConfig
-from vae.model import ConvVAE, build_model, count_parameters, kl_weight, psnr, vae_loss
+from vae.model import ConvVAE, build_model, count_parameters, kl_weight, vae_loss
 
 ACTIVE_KL_NATS = 0.01  # a latent dimension whose average KL is below this carries (almost) no information
 
@@ -61,7 +62,7 @@ def evaluate(vae: ConvVAE, dataset: CelebACache, limit: int, batch_size: int, be
             losses = vae_loss(x, out.x_mean, out.mu, out.logvar, vae.log_sigma, beta)
             for key in ("total", "recon", "kl"):
                 sums[key] += losses[key].item() * len(x)
-            sums["psnr_db"] += psnr(x, mean_image).sum().item()
+            sums["psnr_db"] += float(psnr(x, mean_image.float().clamp(-1, 1)).sum())
             seen += len(x)
             if seen >= n:
                 break
