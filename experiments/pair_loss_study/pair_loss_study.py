@@ -35,6 +35,7 @@ from common.checkpoint import atomic_write_text
 from common.cli import UserError, run_main
 from common.directions import regression_direction
 from common.editing import CONV_FLOW_EPOCHS, CONV_FLOW_HIDDEN, _encode_positions, _subset
+from common.grids import image_grid
 from common.latent_flow import fit_latent_flow
 from common.pair_turns import BASELINES, pair_metrics, pair_turn_check, pick_pairs, read_identity_photos
 from common.predictor import load_predictor, score_images
@@ -177,7 +178,7 @@ def main() -> int:
               "n_training_pairs": int(len(pairs[0])), "pair_min_gap": args.pair_min_gap, "min_gap": args.min_gap,
               "pair_people": [int(v) for v in pair_people], "test_people": [int(v) for v in test_people],
               "test_pairs": [[paths[a].name, paths[b].name] for a, b in test], "fits": {}}
-    per_pair, linear = {}, regression_direction(both.double().numpy(), scores)
+    per_pair, linear, shown = {}, regression_direction(both.double().numpy(), scores), {}
     judged_second = score_images(judge, second)
     y_first, y_second = yaw[test[:, 0]], yaw[test[:, 1]]
     for weight in sorted({0.0, *args.pair_weight}):
@@ -186,6 +187,7 @@ def main() -> int:
         direction = dataclasses.replace(linear, transport=flow, attribute=POSE, method="cflow")
         result = pair_turn_check(model, direction, info["walk"], first, second, predictor, judge)
         edited = result.pop("images")
+        shown[weight] = edited["edit"][:8]
         none = np.zeros((1, 1))  # per-pair PSNR only: features and yaw do not enter it
         per_pair[weight] = np.array([pair_metrics(edited["edit"][i:i + 1], second[i:i + 1], none, none, none, none)
                                      ["psnr_face_db"] for i in range(len(test))])  # [P]
@@ -220,7 +222,12 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "pair_loss_study.json", json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out / 'pair_loss_study.json'}")
+    # a picture: per test pair, the first photo, each flow's edit to the second's yaw, and the second photo
+    columns = [first[:8], *(shown[w] for w in sorted(shown)), second[:8]]
+    grid = torch.stack(columns, 1).flatten(0, 1)  # [8 * (2 + W), 3, R, R]
+    labels = ["first"] + [f"weight {w:g}" for w in sorted(shown)] + ["second"]
+    image_grid(grid, len(columns), out / "pair_loss_study.png", labels=labels * len(columns[0]))
+    print(f"wrote {out / 'pair_loss_study.json'} and {out / 'pair_loss_study.png'}")
     return 0
 
 
