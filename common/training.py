@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -71,26 +72,28 @@ class StepTools:
             raise FloatingPointError(f"non-finite {tag}")
 
 
-class Trainer:
-    """What a method hands to ``fit``. ``images_seen`` and ``step`` are kept up to date by the loop."""
+class Trainer(ABC):
+    """What a method hands to ``fit``: it must define state_dict, load_state_dict and train_step; the other hooks
+    are optional. ``images_seen`` and ``step`` are kept up to date by the loop."""
 
     images_seen: int = 0
     step: int = 0
 
+    @abstractmethod
     def state_dict(self) -> dict[str, Any]:
         """Models, optimisers, EMA and extras for the checkpoint (modules may be given as is)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from a checkpoint written from ``state_dict`` (called on --resume)."""
-        raise NotImplementedError
 
     def start(self) -> None:
         """Called once on a fresh (not resumed) run before the first step: data-dependent init, first grids."""
+        return None  # optional: nothing by default
 
+    @abstractmethod
     def train_step(self) -> tuple[int, dict[str, Any]]:
         """One optimiser step: (global images it consumed, scalars to log under their TensorBoard names)."""
-        raise NotImplementedError
 
     def postfix(self) -> dict[str, str] | None:
         """A few numbers for the progress bar, or None."""
@@ -98,6 +101,7 @@ class Trainer:
 
     def after_step(self, step_images: int, done: bool) -> None:
         """Periodic work after a step: grids, validation (``done``: the run just reached its total)."""
+        return None  # optional: nothing by default
 
     def finish(self) -> dict[str, Any] | None:
         """Once the total is reached (every rank calls it): final test numbers for metrics.json, or None."""
