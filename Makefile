@@ -22,10 +22,10 @@ $(STAMP): requirements.txt pyproject.toml Makefile
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
-# The full evaluation of the demo's runs (scripts/evaluate.py's defaults; the demo runs a short one).
+# The full evaluation of the demo's runs: scripts/evaluate.py's defaults are the three synthetic runs, judged by
+# runs/predictor/synthetic-judge, into runs/evaluation (the demo runs a short one).
 evaluate: $(STAMP)
-	$(PY) scripts/evaluate.py --runs runs/vae/synthetic runs/glow/synthetic runs/pggan/synthetic \
-		--judge runs/predictor/synthetic-judge --out runs/evaluation
+	$(PY) scripts/evaluate.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -72,14 +72,10 @@ def stages(num: int) -> list[Stage]:
         *edit_stages("glow", "scripts/edit_glow.py", "runs/glow/synthetic", "mean"),
         *edit_stages("pggan", "scripts/edit_interface_gan.py", "runs/pggan/synthetic", "boundary"),
         # a short evaluation: 16 faces, smile and pose, a small Frechet distance, two rendered turns
-        Stage("evaluate", python("scripts/evaluate.py", *EVALUATE, "--num", "16", "--attributes", "Smiling", "pose",
+        Stage("evaluate", python("scripts/evaluate.py", "--num", "16", "--attributes", "Smiling", "pose",
                                  "--fd-images", "200", "--turn-faces", "2", "--invert", "2", "--out",
                                  "runs/evaluation-short"), "runs/evaluation-short/report.md"),
     ]
-
-
-EVALUATE = ("--runs", "runs/vae/synthetic", "runs/glow/synthetic", "runs/pggan/synthetic", "--judge",
-            "runs/predictor/synthetic-judge")
 
 
 def edit_stages(name: str, script: str, run: str, method: str) -> list[Stage]:
