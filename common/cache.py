@@ -40,6 +40,7 @@ from PIL import Image, ImageOps
 
 from common.attributes import CELEBA_ATTRIBUTES
 from common.celeba import CelebAFormatError, find_layout, read_celeba, yaw_from_landmarks
+from common.checkpoint import atomic_path
 from common.cli import UserError
 
 FORMAT_VERSION = 1
@@ -449,14 +450,13 @@ def _compact_rows(images_path: Path, shape: tuple, keep: np.ndarray) -> tuple:
         return shape
     compact_shape = (int(keep.sum()), *shape[1:])
     source = np.memmap(images_path, dtype=np.uint8, mode="r", shape=shape)
-    target_path = images_path.with_name("images.tmp")
-    target = np.memmap(target_path, dtype=np.uint8, mode="w+", shape=compact_shape)
-    good = np.flatnonzero(keep)
-    for s in range(0, len(good), 4096):
-        target[s:s + 4096] = source[good[s:s + 4096]]
-    target.flush()
-    del source, target
-    os.replace(target_path, images_path)
+    with atomic_path(images_path) as target_path:
+        target = np.memmap(target_path, dtype=np.uint8, mode="w+", shape=compact_shape)
+        good = np.flatnonzero(keep)
+        for s in range(0, len(good), 4096):
+            target[s:s + 4096] = source[good[s:s + 4096]]
+        target.flush()
+        del source, target  # both maps closed before the rename
     return compact_shape
 
 
@@ -486,6 +486,8 @@ def _write_cache(out: Path, fill: Callable[[Path], tuple[dict, list[str], dict]]
                     "counts": {name: int((split == code).sum()) for name, code in SPLITS.items()},
                     "attribute_names": list(CELEBA_ATTRIBUTES), "seconds": round(time.time() - start_time, 2)}
         (partial / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        # A folder cannot be os.replace()d onto a non-empty one, so this swap stays two renames (atomic_path is
+        # for files): readers see the old cache, or for a moment none, then the new one, never a partial one.
         if out.exists():
             old = out.parent / f".{out.name}.partial-{os.getpid()}-old"
             os.replace(out, old)

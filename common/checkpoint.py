@@ -9,30 +9,41 @@ finished run with ``load_run_checkpoint(run_dir)``. Keys written by the run cont
     "world_size", "rng" (rank 0's RNG states), "rng_id", "scaler" (GradScaler state or None),
     "data_iterators" (list of {"epoch", "batch"} per ctx.batches iterator), "images_seen", "step".
 
+Every method's trainer writes "models" ({name: state_dict}) and "ema" ({name: averaged state_dict}, the same
+names, only for the models that keep an average; {} when none does). An EMA needs nothing else to resume: its decay
+comes from the config and PGGAN's warm-up from "step". ``averaged_weights(state, name)`` is how loaders pick
+weights: the average when there is one, else the trained weights.
+
 Ranks other than 0 keep their own RNG states in ``checkpoints/rng/rank<r>.pt`` tagged with the same "rng_id",
 so each rank resumes its own random stream without a collective at save time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
-import tempfile
+import secrets
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from common.cli import UserError
+
+# torch is imported inside the functions that need it: atomic_path serves modules that never load torch
+# (common.synthetic's render workers, common.grids, common.directions).
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CheckpointError",
+    "atomic_path",
     "atomic_torch_save",
     "atomic_write_text",
+    "averaged_weights",
+    "ema_weights",
     "get_rng_state",
     "set_rng_state",
     "strip_prefixes",
@@ -50,32 +61,37 @@ class CheckpointError(UserError):
     """A checkpoint file is missing, unreadable or not ours; one line naming the file."""
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a text file via a temp file in the same folder and os.replace, so readers never see half a file."""
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write to; on success os.replace it onto ``path``, on any exception
+    remove it, so readers see the old file or the new one, never half a file.
+
+    The temporary name keeps ``path``'s suffix (PIL, numpy and matplotlib pick the format from it) and matches
+    ``.<name>.tmp*``; it is not created here, so the writer creates it with the usual permissions.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}{path.suffix}")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a UTF-8 text file atomically (``atomic_path``)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """torch.save to a temp file next to ``path`` then os.replace: a crash mid-write keeps the previous file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    """torch.save atomically (``atomic_path``): a crash mid-write keeps the previous file."""
+    import torch
+
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -84,6 +100,8 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
 def get_rng_state(include_cuda: bool | None = None) -> dict:
     """This process's torch (CPU, CUDA), numpy and Python RNG states as tensors / lists / scalars."""
+    import torch
+
     if include_cuda is None:
         include_cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
@@ -104,6 +122,8 @@ def get_rng_state(include_cuda: bool | None = None) -> dict:
 
 def set_rng_state(state: Mapping[str, Any]) -> None:
     """Restore what get_rng_state returned (CUDA states only when CUDA is available and counts match)."""
+    import torch
+
     torch.set_rng_state(state["torch"].cpu())
     cuda_states = state.get("cuda") or []
     if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
@@ -145,6 +165,8 @@ def strip_prefixes(state_dict: Mapping[str, Any]) -> OrderedDict:
 
 
 def _is_state_dict(obj: Any) -> bool:
+    import torch
+
     return isinstance(obj, Mapping) and bool(obj) and all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
     )
@@ -157,6 +179,32 @@ def strip_model_prefixes(obj: Any) -> Any:
     if isinstance(obj, Mapping):
         return {k: strip_model_prefixes(v) for k, v in obj.items()}
     return obj
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Averaged (EMA) weights.
+
+
+def ema_weights(state: Mapping[str, Any], name: str) -> Mapping[str, Any] | None:
+    """The averaged state dict of model ``name`` in a checkpoint dict, or None when it keeps no average of it."""
+    ema = state.get("ema")
+    if isinstance(ema, Mapping) and isinstance(ema.get(name), Mapping):
+        return ema[name]
+    # old layout, before 2026-12-03: models["<name>_ema"] (Glow, PGGAN, predictor) or a bare state dict as "ema".
+    models = state.get("models") or {}
+    if isinstance(models.get(f"{name}_ema"), Mapping):
+        return models[f"{name}_ema"]
+    trained = [key for key in models if not key.endswith("_ema")]
+    if _is_state_dict(ema) and trained == [name]:  # a bare "ema" averaged the checkpoint's only model
+        return ema
+    return None
+
+
+def averaged_weights(state: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    """The weights to edit or evaluate model ``name`` with: its average when the checkpoint keeps one, else
+    ``state["models"][name]`` (KeyError when neither is there)."""
+    weights = ema_weights(state, name)
+    return weights if weights is not None else state["models"][name]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -176,6 +224,8 @@ def check_checkpoint(ckpt: Any, path: str | Path, method: str | None = None) -> 
 
 def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", method: str | None = None) -> dict:
     """torch.load(weights_only=True) + format check + prefixes stripped from "models" and "ema"."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")

@@ -22,8 +22,6 @@ boundary, and |s| is the Euclidean distance to it (because |n| = 1).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -31,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.checkpoint import atomic_path, atomic_write_text
 from common.cli import UserError
 
 # Below this fraction of its length left after projection a direction is considered to lie in the span of the
@@ -518,20 +517,6 @@ def _paths(path) -> tuple[Path, Path]:
     return stem.with_name(stem.name + ".npz"), stem.with_name(stem.name + ".json")
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call write(file object) on a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _json_safe(value):
     """Metrics as JSON: numpy scalars to Python numbers, NaN/inf to None."""
     if isinstance(value, dict):
@@ -559,9 +544,9 @@ def save_direction(direction: Direction, path) -> tuple[Path, Path]:
     if direction.transport is not None:  # a latent flow: its weights beside the vector, its shape in the JSON
         arrays.update({TRANSPORT_PREFIX + k: v for k, v in direction.transport.arrays().items()})
         meta["transport"] = direction.transport.config()
-    _atomic_write(npz_path, lambda f: np.savez(f, **arrays))
-    text = json.dumps(meta, indent=2) + "\n"
-    _atomic_write(json_path, lambda f: f.write(text.encode()))
+    with atomic_path(npz_path) as tmp:
+        np.savez(tmp, **arrays)  # tmp ends in .npz like npz_path: numpy adds no second suffix
+    atomic_write_text(json_path, json.dumps(meta, indent=2) + "\n")
     return npz_path, json_path
 
 

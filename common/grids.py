@@ -14,13 +14,13 @@ where label_width is 0 without row labels. The unedited column is outlined in ``
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from common.checkpoint import atomic_path
 
 PAD = 6  # gap between cells; the marker outline is drawn inside it
 LINE = 16  # height of one line of text
@@ -75,18 +75,10 @@ def _to_pil(pixels: np.ndarray, upscale: int, resample: str) -> Image.Image:
 
 
 def atomic_save(image: Image.Image, path, format: str, **options) -> Path:
-    """Save a PIL image to a temporary file beside ``path`` and rename it into place."""
+    """Save a PIL image to a temporary file beside ``path`` and rename it into place (``atomic_path``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format=format, **options)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        image.save(tmp, format=format, **options)
     return path
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from common.checkpoint import atomic_write_text
+from common.checkpoint import atomic_path, atomic_write_text
 
 __all__ = ["RunLogger", "image_grid", "crossed"]
 
@@ -163,11 +163,9 @@ class RunLogger:
         from PIL import Image
 
         path = self.out / "samples" / f"{tag.replace('/', '_')}_{self.images_seen:010d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
         array = grid.mul(255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()  # [H', W', 3]
-        tmp = path.with_name(f".{path.name}.tmp")
-        Image.fromarray(array).save(tmp, format="PNG")
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            Image.fromarray(array).save(tmp, format="PNG")
         return path
 
     def close(self) -> None:

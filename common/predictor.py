@@ -30,6 +30,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from common.attributes import CELEBA_ATTRIBUTES, NUM_ATTRIBUTES
+from common.checkpoint import averaged_weights
 from common.cli import UserError
 
 # Probabilities are clamped this far inside (0, 1): float32 sigmoid rounds logits above ~17 to exactly 1.0, and
@@ -406,8 +407,7 @@ def score_images(predictor: AttributePredictor, images, batch_size: int = 256) -
 
 def predictor_from_checkpoint(checkpoint: dict, device: str | torch.device = "cpu") -> AttributePredictor:
     """Rebuild a predictor from a training checkpoint dict (EMA weights when present), in eval mode."""
-    models = checkpoint.get("models", {})
-    weights = models.get("predictor_ema") or models.get("predictor")
+    weights = averaged_weights(checkpoint, "predictor") if "predictor" in (checkpoint.get("models") or {}) else None
     config = checkpoint.get("config")
     if weights is None or not isinstance(config, dict):
         raise PredictorError("checkpoint holds no attribute predictor (expected models.predictor and config; "

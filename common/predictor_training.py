@@ -23,7 +23,7 @@ import torch
 
 from common.attributes import CELEBA_ATTRIBUTES
 from common.cache import CelebACache, open_training_cache
-from common.checkpoint import atomic_write_text
+from common.checkpoint import atomic_write_text, ema_weights
 from common.cli import UserError
 from common.predictor import (
     AttributePredictor,
@@ -144,17 +144,16 @@ class PredictorTrainer(Trainer):
         return self.net if self.ema is None else self.ema.module
 
     def state_dict(self) -> dict:
-        models = {"predictor": self.net.state_dict()}
-        if self.ema is not None:
-            models["predictor_ema"] = self.ema.module.state_dict()  # load_predictor prefers these weights
-        return {"models": models, "optimizers": {"adamw": self.opt.state_dict()},
-                "ema": self.ema.state_dict() if self.ema is not None else None, "factor_names": self.factor_names}
+        return {"models": {"predictor": self.net.state_dict()}, "optimizers": {"adamw": self.opt.state_dict()},
+                "ema": {"predictor": self.ema.state_dict()} if self.ema is not None else {},  # load_predictor's pick
+                "factor_names": self.factor_names}
 
     def load_state_dict(self, state: dict) -> None:
         self.net.load_state_dict(state["models"]["predictor"])
         self.opt.load_state_dict(state["optimizers"]["adamw"])
-        if self.ema is not None and state.get("ema") is not None:
-            self.ema.load_state_dict(state["ema"])
+        averaged = ema_weights(state, "predictor")
+        if self.ema is not None and averaged is not None:
+            self.ema.load_state_dict(averaged)
 
     def train_step(self) -> tuple[int, dict]:
         cfg = self.cfg

@@ -21,7 +21,7 @@ Every method's training script writes its own loop and calls this (see docs/cont
             n = batch["image"].shape[0] * ctx.world_size; images_seen += n; bar.update(n)
             ctx.log.scalar("loss/total", loss); ctx.log.advance(images_seen)
             if ctx.due(cfg.train.checkpoint_every_images, images_seen, n):
-                ctx.save_checkpoint({"models": {"vae": ctx.unwrap(model).state_dict()}, ...})
+                ctx.save_checkpoint({"models": {"vae": ctx.unwrap(model)}, "ema": {"vae": ema}, ...})
     ctx.save_checkpoint({...}); ctx.close()
 
 Semantics worth knowing:
@@ -64,6 +64,7 @@ from common.batches import ResumableBatches
 from common.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
+    atomic_path,
     atomic_torch_save,
     atomic_write_text,
     get_rng_state,
@@ -492,10 +493,11 @@ class RunContext(StepTools):
     def save_checkpoint(self, state: dict, snapshot: bool = False) -> Path | None:
         """Save ``state`` plus the run's own keys to checkpoints/last.pt (rank 0; other ranks their RNG file).
 
-        Modules, optimizers and EMA objects in ``state`` (top level or one dict deep) are turned into state
-        dicts; "models"/"ema" keys lose their DDP/compile prefixes. ``snapshot`` also keeps a copy named
-        ``images_<images_seen>.pt``. Refuses (NonFiniteLossError) to save non-finite weights, and after a
-        non-finite loss saves nothing at all. Returns the path written on rank 0, else None.
+        Modules, optimizers and EMA objects in ``state`` (top level or one dict deep, e.g. ``"ema": {"vae": ema}``,
+        the layout of common/checkpoint.py) are turned into state dicts; "models"/"ema" keys lose their DDP/compile
+        prefixes. ``snapshot`` also keeps a copy named ``images_<images_seen>.pt``. Refuses (NonFiniteLossError)
+        to save non-finite weights, and after a non-finite loss saves nothing at all. Returns the path written on
+        rank 0, else None.
         """
         if self._poisoned:
             warnings.warn("not saving a checkpoint after a non-finite loss; the last good one is kept", stacklevel=2)
@@ -527,10 +529,8 @@ class RunContext(StepTools):
         path = self.checkpoint_dir / "last.pt"
         atomic_torch_save(payload, path)
         if snapshot:
-            snap = self.checkpoint_dir / f"images_{images_seen:010d}.pt"
-            tmp = snap.with_name(f".{snap.name}.tmp")
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, snap)
+            with atomic_path(self.checkpoint_dir / f"images_{images_seen:010d}.pt") as tmp:
+                shutil.copyfile(path, tmp)
         self.last_checkpoint = path
         return path
 

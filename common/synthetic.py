@@ -57,7 +57,6 @@ import functools
 import io
 import math
 import multiprocessing
-import os
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +64,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from common.attributes import ATTRIBUTE_INDEX, CELEBA_ATTRIBUTES, suggest
+from common.checkpoint import atomic_path
 from common.cli import UserError
 
 WIDTH, HEIGHT = 178, 218  # CelebA's aligned images
@@ -603,9 +603,8 @@ def _draw_glasses(canvas: _Canvas, head: _Head, rng) -> None:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:  # named .<name>.tmp*: the leftovers write_synthetic_celeba removes
+        tmp.write_bytes(data)
 
 
 def _render_chunk(job: tuple[int, int, int, dict[str, np.ndarray], str]) -> tuple[int, np.ndarray, np.ndarray]:

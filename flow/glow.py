@@ -392,6 +392,7 @@ def build_model(model_cfg, resolution: int) -> Glow:
 
 def load_model_from_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Glow:
     """Rebuild the Glow of a training run from its last checkpoint (EMA weights if any), in eval mode."""
+    from common.checkpoint import averaged_weights
     from common.cli import UserError
     from common.config import config_from_dict
     from common.run import load_run_checkpoint
@@ -403,5 +404,5 @@ def load_model_from_run(run_dir: str | Path, device: str | torch.device = "cpu")
                         "is this a run of scripts/train_glow.py?")
     cfg = config_from_dict(GlowConfig, state["config"])
     model = build_model(cfg.model, cfg.data.resolution)
-    model.load_state_dict(state["models"].get("glow_ema") or state["models"]["glow"])
+    model.load_state_dict(averaged_weights(state, "glow"))
     return model.to(device).eval()

@@ -23,6 +23,7 @@ from typing import NamedTuple
 import torch
 
 from common.cache import CelebACache, open_training_cache
+from common.checkpoint import ema_weights
 from common.run import EMA, adam, all_reduce_mean, rank, world_size
 from common.training import StepTools, Trainer
 from flow.config import GlowConfig
@@ -145,11 +146,8 @@ class GlowTrainer(Trainer):
         self.ema = EMA(self.glow, self.cfg.train.ema_decay) if self.cfg.train.ema_decay > 0 else None
 
     def state_dict(self) -> dict:
-        models = {"glow": self.glow.state_dict()}
-        if self.ema is not None:
-            models["glow_ema"] = self.ema.module.state_dict()
-        return {"models": models, "optimizers": {"adam": self.opt.state_dict()},
-                "ema": self.ema.state_dict() if self.ema is not None else None,
+        return {"models": {"glow": self.glow.state_dict()}, "optimizers": {"adam": self.opt.state_dict()},
+                "ema": {"glow": self.ema.state_dict()} if self.ema is not None else {},
                 "skipped_steps": self.skipped_total}
 
     def load_state_dict(self, state: dict) -> None:
@@ -157,8 +155,9 @@ class GlowTrainer(Trainer):
         self.opt.load_state_dict(state["optimizers"]["adam"])
         self.skipped_total = int(state.get("skipped_steps", 0))
         self._make_ema()
-        if self.ema is not None and state.get("ema") is not None:
-            self.ema.load_state_dict(state["ema"])
+        averaged = ema_weights(state, "glow")
+        if self.ema is not None and averaged is not None:
+            self.ema.load_state_dict(averaged)
 
     def start(self) -> None:
         """Data-dependent actnorm init on a random subset (per rank), statistics averaged over ranks."""

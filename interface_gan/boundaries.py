@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from common.attributes import POSE, attribute_index, resolve_attribute
+from common.checkpoint import atomic_path
 from common.cli import UserError
 from common.directions import Direction, linear_boundary, mean_difference
 from interface_gan.pca import Components, ganspace, orient, score_table, sefa_components
@@ -50,10 +51,8 @@ class ScoredSamples:
 
 
 def _atomic_savez(path: Path, **arrays) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:  # a handle: numpy adds no .npz to any name
+        np.savez(handle, **arrays)
 
 
 def load_samples(path: Path) -> ScoredSamples | None:

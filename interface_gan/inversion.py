@@ -164,6 +164,7 @@ class PGGANEditable:
 
 def load_generator(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Generator, object]:
     """The EMA generator of a PGGAN run folder and the run's config (PGGANConfig)."""
+    from common.checkpoint import averaged_weights
     from common.config import config_from_dict
     from common.run import load_run_checkpoint
     from interface_gan.config import PGGANConfig
@@ -171,8 +172,7 @@ def load_generator(run_dir: str | Path, device: str | torch.device = "cpu") -> t
     ckpt = load_run_checkpoint(run_dir)
     cfg = config_from_dict(PGGANConfig, ckpt["config"], source=f"{run_dir}/checkpoints")
     generator, _ = build_networks(cfg.model, cfg.data.resolution)
-    models = ckpt["models"]
-    generator.load_state_dict(models.get("generator_ema") or models["generator"])
+    generator.load_state_dict(averaged_weights(ckpt, "generator"))
     return generator.to(device).eval(), cfg
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from common.cache import CelebACache, default_cache_dir
+from common.checkpoint import CheckpointError, ema_weights
 from common.cli import UserError
 from common.run import adam, lerp_parameters_
 from common.training import StepTools, Trainer
@@ -146,8 +147,8 @@ class PGGANTrainer(Trainer):
     def state_dict(self) -> dict:
         phase = phase_at(self.images_seen, self.lengths)
         return {
-            "models": {"generator": self.generator.state_dict(), "discriminator": self.discriminator.state_dict(),
-                       "generator_ema": self.g_ema.state_dict()},
+            "models": {"generator": self.generator.state_dict(), "discriminator": self.discriminator.state_dict()},
+            "ema": {"generator": self.g_ema.state_dict()},
             "optimizers": {"generator": self.opt_g.state_dict(), "discriminator": self.opt_d.state_dict()},
             "sampler_rng": self.rng.get_state(),
             "phase": phase.index, "depth": phase.depth, "alpha": phase.alpha, "phase_lengths": self.lengths,
@@ -156,7 +157,10 @@ class PGGANTrainer(Trainer):
     def load_state_dict(self, state: dict) -> None:
         self.generator.load_state_dict(state["models"]["generator"])
         self.discriminator.load_state_dict(state["models"]["discriminator"])
-        self.g_ema.load_state_dict(state["models"]["generator_ema"])
+        averaged = ema_weights(state, "generator")
+        if averaged is None:
+            raise CheckpointError("checkpoint has no averaged generator (expected ema.generator); cannot resume")
+        self.g_ema.load_state_dict(averaged)
         self.opt_g.load_state_dict(state["optimizers"]["generator"])
         self.opt_d.load_state_dict(state["optimizers"]["discriminator"])
         self.rng.set_state(state["sampler_rng"])

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from common.checkpoint import atomic_path
+
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = {
     "synthetic_samples.png": "runs/demo/synthetic_samples.png",
@@ -42,9 +44,8 @@ def main() -> int:
             print(f"skip {name}: {source} does not exist (run make demo)")
             continue
         image = Image.open(path).convert("RGB").quantize(colors=128)
-        tmp = out / f".{name}.tmp"
-        image.save(tmp, format="PNG", optimize=True)
-        tmp.replace(out / name)
+        with atomic_path(out / name) as tmp:
+            image.save(tmp, format="PNG", optimize=True)
         print(f"wrote docs/images/{name}")
     return 0
 

@@ -338,7 +338,7 @@ def test_save_and_load_direction_round_trip(tmp_path):
     assert npz.name == "Smiling-boundary.npz" and sidecar.name == "Smiling-boundary.json"
     meta = json.loads(sidecar.read_text())
     assert meta["metrics"] == {"val_accuracy": 0.9, "missing": None} and meta["keep"] == ["Male"]
-    assert not [p for p in npz.parent.iterdir() if p.name.endswith(".tmp")]  # no temporary files left
+    assert sorted(p.name for p in npz.parent.iterdir()) == [sidecar.name, npz.name]  # no temporary files left
     for name in ("Smiling-boundary", "Smiling-boundary.json", "Smiling-boundary.npz"):
         loaded = load_direction(tmp_path / "directions" / name)
         np.testing.assert_array_equal(loaded.vector, direction.vector)

@@ -231,6 +231,7 @@ def test_train_smoke_and_resume_mid_fade(cache, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     ckpt_resumed = load_run_checkpoint(tmp_path / "part")
     assert ckpt_resumed["images_seen"] == total
-    for name in ("generator", "discriminator", "generator_ema"):
-        for key, value in ckpt_full["models"][name].items():
-            torch.testing.assert_close(ckpt_resumed["models"][name][key], value, msg=f"{name}.{key}")
+    assert set(ckpt_full["models"]) == {"generator", "discriminator"} and set(ckpt_full["ema"]) == {"generator"}
+    for group, name in (("models", "generator"), ("models", "discriminator"), ("ema", "generator")):
+        for key, value in ckpt_full[group][name].items():
+            torch.testing.assert_close(ckpt_resumed[group][name][key], value, msg=f"{group}.{name}.{key}")

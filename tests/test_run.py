@@ -108,13 +108,13 @@ def train(config: Path, out: Path, extra: list[str] = (), stop_at: int | None = 
         if state is not None:
             ctx.unwrap(model).load_state_dict(state["models"]["toy"])
             optimizer.load_state_dict(state["optimizers"]["toy"])
-            ema.load_state_dict(state["ema"])
+            ema.load_state_dict(state["ema"]["toy"])
             images_seen = state["images_seen"]
         batches = ctx.batches(ToyDataset(), cfg.train.batch_size)
 
         def save():
-            return ctx.save_checkpoint({"models": {"toy": model}, "optimizers": {"toy": optimizer}, "ema": ema,
-                                        "images_seen": images_seen})
+            return ctx.save_checkpoint({"models": {"toy": model}, "optimizers": {"toy": optimizer},
+                                        "ema": {"toy": ema}, "images_seen": images_seen})
 
         with ctx.progress(cfg.train.total_images, initial=images_seen) as bar:
             while images_seen < cfg.train.total_images and not ctx.should_stop:
@@ -194,7 +194,7 @@ def test_checkpoint_round_trip_weights_only(tmp_path):
     assert ckpt["data_iterators"] == [{"epoch": 0, "batch": 2, "batch_size": 4}]
     for name, tensor in model.state_dict().items():
         assert torch.equal(ckpt["models"]["toy"][name], tensor)
-    assert set(ckpt["ema"]) == set(model.state_dict())
+    assert set(ckpt["ema"]) == {"toy"} and set(ckpt["ema"]["toy"]) == set(model.state_dict())
     assert "state" in ckpt["optimizers"]["toy"]
     assert set(ckpt["rng"]) == {"torch", "cuda", "numpy", "python"}
     assert load_run_checkpoint(tmp_path / "run")["models"]["toy"].keys() == model.state_dict().keys()
@@ -460,7 +460,7 @@ DDP_SCRIPT = textwrap.dedent("""
         images_seen += x.shape[0] * ctx.world_size
         ctx.log.scalar("loss/rank", float(ctx.rank))
         ctx.log.advance(images_seen)
-    ctx.save_checkpoint({"models": {"toy": model}, "ema": ema, "images_seen": images_seen})
+    ctx.save_checkpoint({"models": {"toy": model}, "ema": {"toy": ema}, "images_seen": images_seen})
     mean = float(all_reduce_mean(torch.tensor(float(ctx.rank))))
     torch.save({"params": ctx.unwrap(model).state_dict(), "ema": ema.state_dict(), "indices": seen_indices,
                 "world_size": ctx.world_size, "mean_rank": mean, "device": str(ctx.device)},

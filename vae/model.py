@@ -323,6 +323,7 @@ def load_model_from_run(run_dir: str | Path, device: str | torch.device = "cpu")
 
     The architecture comes from the checkpoint's own config, so the run folder alone is enough.
     """
+    from common.checkpoint import averaged_weights
     from common.config import config_from_dict
     from common.run import load_run_checkpoint
     from vae.config import VAEConfig
@@ -333,6 +334,5 @@ def load_model_from_run(run_dir: str | Path, device: str | torch.device = "cpu")
                             "is this a run of scripts/train_vae.py?")
     cfg = config_from_dict(VAEConfig, state["config"])
     vae = build_model(cfg.model, cfg.data.resolution)
-    weights = state.get("ema") or state["models"]["vae"]  # EMA weights when the run kept an average
-    vae.load_state_dict(weights)
+    vae.load_state_dict(averaged_weights(state, "vae"))  # EMA weights when the run kept an average
     return EditableVAE(vae, device)

@@ -18,6 +18,7 @@ import contextlib
 import torch
 
 from common.cache import CelebACache, open_training_cache, uint8_to_model
+from common.checkpoint import ema_weights
 from common.metrics import psnr
 from common.run import EMA, adam
 from common.training import StepTools, Trainer
@@ -94,16 +95,15 @@ class VAETrainer(Trainer):
         self.model.train()
 
     def state_dict(self) -> dict:
-        state = {"models": {"vae": self.vae}, "optimizers": {"adam": self.opt}, "kl_dims": self.kl_dims.cpu()}
-        if self.ema is not None:
-            state["ema"] = self.ema  # load_model_from_run prefers these weights
-        return state
+        return {"models": {"vae": self.vae}, "optimizers": {"adam": self.opt}, "kl_dims": self.kl_dims.cpu(),
+                "ema": {"vae": self.ema} if self.ema is not None else {}}  # load_model_from_run prefers the average
 
     def load_state_dict(self, state: dict) -> None:
         self.vae.load_state_dict(state["models"]["vae"])
         self.opt.load_state_dict(state["optimizers"]["adam"])
-        if self.ema is not None and state.get("ema") is not None:
-            self.ema.load_state_dict(state["ema"])
+        averaged = ema_weights(state, "vae")
+        if self.ema is not None and averaged is not None:
+            self.ema.load_state_dict(averaged)
         self.kl_dims = state.get("kl_dims", self.kl_dims).float().to(self.ctx.device)
 
     def train_step(self) -> tuple[int, dict]:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from common.checkpoint import atomic_path
+
 
 def scaling_point(method: str, res: int, batch: int, steps: int, device: str, threads: int) -> dict:
     """One point, in the calling process: median step of the default mode after one warm-up step."""
@@ -87,8 +89,6 @@ def plot_scaling(rows: list[dict], path: Path) -> None:
                  f"{torch.get_num_threads()} threads, one process per point\n"
                  "python scripts/benchmark.py --only scaling")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fig.savefig(tmp, format="png", dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
