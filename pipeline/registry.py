@@ -34,6 +34,9 @@ TRAINING = {"vae": ("scripts/train_vae.py", "configs/vae", "mean"),
 # check in scripts/evaluate.py measures both).
 POSE_METHODS = {"vae": "cflow", "glow": "cflow"}
 DEFAULT_PREDICTOR = "runs/predictor/synthetic"
+# encoded training latents kept on disk for the next edit or evaluation of the same run (the demo's Glow: 120 MB
+# with the mirrored images of the pose flow); larger sets (real faces at 64x64) are encoded again each time
+MAX_REMEMBERED_BYTES = 256 * 2**20
 DEFAULT_GLOW_TEMPERATURE = 0.7  # as scripts/edit_glow.py: T = 1 samples of a small Glow are mostly noise
 
 
@@ -69,19 +72,31 @@ def read_run_method(run_dir) -> str:
 
 
 class _RememberingEncoder:
-    """The model as an EditableModel whose encoding of the same batch twice costs nothing.
+    """The model as an EditableModel whose encoding of the same batch twice costs nothing, in this process and
+    (up to ``MAX_REMEMBERED_BYTES``) in the next one.
 
     ``encoder_direction`` encodes the whole training split again for every attribute (same seeded subset, same
-    batches); evaluating four attributes of a Glow would encode 8k images four times (minutes on a CPU). Batches
-    are recognised by a hash of their bytes, so a different batch can never get a stale answer.
+    batches); evaluating four attributes of a Glow would encode 8k images four times (minutes on a CPU), and each
+    edit command would encode them again. Batches are recognised by a hash of their bytes, so a different batch
+    can never get a stale answer; the file ``store`` (RUN/directions/encoded.pt) is tied to the checkpoint it was
+    encoded with (its size and modification time), so a retrained or resumed run starts afresh.
     """
 
-    def __init__(self, model):
-        self.model, self.memory = model, {}
+    def __init__(self, model, store: Path | None = None, stamp: str = ""):
+        self.model, self.memory, self.store, self.stamp, self.dirty = model, {}, store, stamp, False
         self.latent_dim, self.resolution = model.latent_dim, model.resolution
         self.latent_on_sphere = model.latent_on_sphere
         self.decode, self.sample_latents = model.decode, model.sample_latents
         self.latent_flow_layout, self.encode_report = model.latent_flow_layout, model.encode_report
+        if store is not None and store.is_file():
+            import torch
+
+            try:
+                saved = torch.load(store, weights_only=True)
+                if saved.get("stamp") == stamp:
+                    self.memory = dict(saved["latents"])
+            except Exception:  # an unreadable store is only a lost shortcut: encode again, overwrite it later
+                self.memory = {}
 
     def encode(self, images):
         import hashlib
@@ -89,7 +104,25 @@ class _RememberingEncoder:
         key = hashlib.sha1(images.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
         if key not in self.memory:
             self.memory[key] = self.model.encode(images).detach().cpu()
+            self.dirty = True
         return self.memory[key]
+
+    def save(self) -> None:
+        """Write what was encoded to ``store`` (atomically) when it is new and not larger than the cap."""
+        if self.store is None or not self.dirty:
+            return
+        size = sum(t.numel() * t.element_size() for t in self.memory.values())
+        if size > MAX_REMEMBERED_BYTES:
+            return
+        from common.checkpoint import atomic_torch_save
+
+        atomic_torch_save({"stamp": self.stamp, "latents": self.memory}, self.store)
+        self.dirty = False
+
+
+def _checkpoint_stamp(run_dir: Path) -> str:
+    stat = (run_dir / "checkpoints" / "last.pt").stat()
+    return f"{stat.st_size}-{stat.st_mtime_ns}"
 
 
 def _cache_finder(model, run_dir: Path, cache: str | None, max_images: int, batch_size: int,
@@ -98,7 +131,7 @@ def _cache_finder(model, run_dir: Path, cache: str | None, max_images: int, batc
     cache lacks an attribute's labels (own photos), ``predictor_run`` labels its images."""
     from common.editing import encoder_direction, run_cache_dir
 
-    encoder = _RememberingEncoder(model)
+    encoder = _RememberingEncoder(model, run_dir / "directions" / "encoded.pt", _checkpoint_stamp(run_dir))
 
     def find_direction(attribute: str, method: str):
         cache_dir = run_cache_dir(run_dir, cache)
@@ -107,9 +140,11 @@ def _cache_finder(model, run_dir: Path, cache: str | None, max_images: int, batc
                             "direction); prepare it with scripts/prepare_data.py or pass --cache")
         from common.cache import CelebACache
 
-        return encoder_direction(encoder, CelebACache(cache_dir, "train"), attribute, method, batch_size=batch_size,
-                                 max_images=max_images, progress=False, predictor=predictor_run,
-                                 predictor_device=device)
+        direction = encoder_direction(encoder, CelebACache(cache_dir, "train"), attribute, method,
+                                      batch_size=batch_size, max_images=max_images, progress=False,
+                                      predictor=predictor_run, predictor_device=device)
+        encoder.save()
+        return direction
 
     return find_direction
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from functools import partial
 from pathlib import Path
 
 from common.attributes import resolve_attribute
@@ -37,6 +36,7 @@ from pipeline.evaluation import (
     evaluate_runs,
     make_strengths,
     parse_keep_map,
+    parse_pose_methods,
     write_outputs,
 )
 
@@ -80,6 +80,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=128, help="images per batch (default 128)")
     p.add_argument("--max-train-images", type=int, default=20000,
                    help="training images encoded when a VAE/Glow direction must be found (default 20000)")
+    p.add_argument("--pose-method", nargs="+", default=[], metavar="METHOD=HOW",
+                   help="how a method's pose is edited, e.g. glow=mean (default: the registry's, cflow for vae and "
+                   "glow, boundary for pggan)")
     return p.parse_args()
 
 
@@ -121,8 +124,15 @@ def main() -> int:
     if not runs:
         raise UserError("no run to evaluate: " + "; ".join(notes))
 
-    load = partial(load_method, device=device, predictor_run=args.predictor, samples=args.samples,
-                   max_train_images=args.max_train_images, seed=args.seed)
+    pose_methods = parse_pose_methods(args.pose_method)
+
+    def load(run):
+        model, find_direction, info = load_method(run, device=device, predictor_run=args.predictor,
+                                                  samples=args.samples, max_train_images=args.max_train_images,
+                                                  seed=args.seed)
+        info["pose_method"] = pose_methods.get(info["method"], info["pose_method"])
+        return model, find_direction, info
+
     out = Path(args.out)
     report, plot_data = evaluate_runs(runs, load, judge, judge_dir, options, out, notes=notes,
                                       command="python scripts/evaluate.py " + " ".join(sys.argv[1:]))

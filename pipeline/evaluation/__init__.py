@@ -15,10 +15,11 @@ from pipeline.evaluation.run import (
     evaluate_runs,
     make_strengths,
     parse_keep_map,
+    parse_pose_methods,
 )
 from pipeline.evaluation.turns import path_shape, slerp, turn_check
 
 __all__ = ["DEFAULT_ATTRIBUTES", "JUDGED", "TARGETS", "EvaluationOptions", "RealFeatures", "decode_all", "encode_all",
            "evaluate_method", "evaluate_runs", "explain", "json_ready", "make_strengths", "parse_keep_map",
-           "path_shape", "run_walk", "slerp", "targets", "turn_check", "walk_metrics", "write_outputs",
+           "parse_pose_methods", "path_shape", "run_walk", "slerp", "targets", "turn_check", "walk_metrics", "write_outputs",
            "write_report"]

@@ -75,6 +75,19 @@ def make_strengths(lo: float, hi: float, steps: int) -> np.ndarray:
     return strengths
 
 
+def parse_pose_methods(items: list[str]) -> dict[str, str]:
+    """--pose-method vae=cflow glow=mean -> {"vae": "cflow", "glow": "mean"}, checked against each method's finders."""
+    choices = {"vae": ("mean", "boundary", "cflow"), "glow": ("mean", "boundary", "cflow"), "pggan": ("boundary",)}
+    result = {}
+    for item in items:
+        method, _, how = item.partition("=")
+        if how not in choices.get(method, ()):
+            raise UserError(f"--pose-method {item!r}: expected METHOD=HOW with METHOD one of {', '.join(choices)} "
+                            f"and HOW one of {', '.join(choices.get(method, choices['vae']))}")
+        result[method] = how
+    return result
+
+
 def parse_keep_map(items: Iterable[str] | None, attributes: Sequence[str]) -> dict[str, list[str]]:
     """["Smiling=Mouth_Slightly_Open"] -> {"Smiling": ["Mouth_Slightly_Open"]} for edited attributes only."""
     out: dict[str, list[str]] = {}
