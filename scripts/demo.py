@@ -1,9 +1,10 @@
 """The README's first command (`make demo`): the whole project on the synthetic CelebA-format set, in minutes.
 
-Stages run in order, each skipped when its output is complete (an interrupted training resumes). Every stage is
-an ordinary command, printed before it runs. The trainings are shorter than configs/*/synthetic.yaml (``SHORT``:
-what each cut costs is in docs/results.md, "The demo's budget"); ``make evaluate`` is the full evaluation.
-    python scripts/demo.py [--num 6000] [--only STAGE ...] [--list]
+Each stage is an ordinary command, printed before it runs, and skipped when its output is complete (an interrupted
+training resumes). pipeline/stages.py runs two at once, one thread each, once their needs are done. The trainings
+are shorter or smaller than configs/*/synthetic.yaml (``SHORT``: what each costs is in docs/results.md, "The
+demo's budget"); ``make evaluate`` is the full evaluation.
+    python scripts/demo.py [--num 6000] [--only STAGE ...] [--jobs 2] [--list]
 """
 
 from __future__ import annotations
