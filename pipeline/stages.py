@@ -112,6 +112,9 @@ class _Fork:
                     os.dup2(fd, 1)
                     os.dup2(fd, 2)
                     os.close(fd)
+                    # the parent's sys.stdout may not write to fd 1 (a wrapper, a capture): write to the log
+                    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+                    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
                 os.environ.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
                 import torch
 

@@ -15,7 +15,7 @@ def _stage(tmp_path, name, needs=(), code=0, sleep=0.0):
     # each stage appends "<name> start/end <threads>" to a shared file and writes its marker
     script = (f"import os, time, pathlib; p = pathlib.Path({str(tmp_path / 'events')!r}); "
               f"t = os.environ['OMP_NUM_THREADS']; open(p, 'a').write('{name} start ' + t + '\\n'); "
-              f"time.sleep({sleep}); print('output of {name}'); "
+              f"time.sleep({sleep}); print('output', 'of', '{name}'); "
               f"open(p, 'a').write('{name} end\\n'); "
               f"pathlib.Path({str(tmp_path / name)!r}).write_text('x') if {code} == 0 else None; "
               f"raise SystemExit({code})")
@@ -48,6 +48,23 @@ def test_finished_stages_are_skipped(tmp_path):
 
 def test_a_failing_stage_is_named_with_its_log_and_stops_the_plan(tmp_path):
     plan = [_stage(tmp_path, "bad", code=3), _stage(tmp_path, "later", ("bad",))]
-    with pytest.raises(UserError, match=r"demo stage 'bad' failed \(exit code 3\).*output of bad"):
+    with pytest.raises(UserError, match=r"(?s)demo stage 'bad' failed \(exit code 3\).*output of bad"):
         run_stages(plan, tmp_path, 2, tmp_path / "logs")
     assert not (tmp_path / "later").exists() and "later start" not in (tmp_path / "events").read_text()
+
+
+def test_forked_stages_see_their_own_argv_threads_and_exit_code(tmp_path):
+    script = tmp_path / "stage.py"
+    script.write_text("import os, sys, pathlib, torch\n"
+                      "out = pathlib.Path(sys.argv[1])\n"
+                      "out.write_text(' '.join(sys.argv[1:]) + f' {torch.get_num_threads()} {__name__}')\n"
+                      "print('printed by', out.name)\n"
+                      "raise SystemExit(int(sys.argv[2]))\n")
+    good = [Stage(n, [sys.executable, str(script), str(tmp_path / n), "0"], n) for n in ("a", "b")]
+    run_stages(good, tmp_path, 2, tmp_path / "logs", fork=True)
+    for name in ("a", "b"):
+        assert (tmp_path / name).read_text() == f"{tmp_path / name} 0 1 __main__"  # two at once: one thread
+        assert (tmp_path / "logs" / f"{name}.log").read_text().strip() == f"printed by {name}"
+    bad = Stage("bad", [sys.executable, str(script), str(tmp_path / "bad"), "3"], "never")
+    with pytest.raises(UserError, match=r"(?s)'bad' failed \(exit code 3\).*printed by bad"):
+        run_stages([bad], tmp_path, 2, tmp_path / "logs", fork=True)
