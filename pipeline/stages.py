@@ -7,7 +7,9 @@ the plan's order, while fewer than ``jobs`` run:
   trains 1.6x faster on two threads than on one), so two one-thread stages do more per second than one
   two-thread stage, and one stage's loading overlaps the other's training. A stage that starts alone (nothing
   else running or ready) gets every core.
-- With ``jobs > 1`` each stage's output goes to ``<log_dir>/<stage>.log``; with one job, to the terminal.
+- With ``jobs > 1`` each stage's output goes to ``<log_dir>/<stage>.log``, and every STATUS_EVERY_S the running
+  stages' latest progress (the last state of their progress bars) is printed; with one job, all goes to the
+  terminal.
 - ``fork=True`` (CPU only) runs each Python stage in a fork of this process after ``preload()`` has imported torch
   and the project once, instead of a fresh interpreter that imports them again (3-5 s a stage); the stage sees
   the same ``sys.argv`` and exit code as the printed command. CUDA cannot be used in a fork once initialised,
@@ -28,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.cli import UserError
+
+STATUS_EVERY_S = 20.0  # with logs, how often the running stages' progress is printed
 
 
 @dataclass
@@ -74,6 +78,19 @@ def _tail(path: Path, lines: int = 15) -> str:
     except OSError:
         return ""
     return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
+
+
+def progress(path: Path, width: int = 90) -> str:
+    """The last thing a stage's log shows: its progress bar's latest state, or its last line (shortened)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(max(0, handle.seek(0, os.SEEK_END) - 4096))
+            text = handle.read().decode(errors="replace")
+    except OSError:
+        return ""
+    parts = [p.strip() for p in text.replace("\r", "\n").split("\n") if p.strip()]
+    last = parts[-1] if parts else "no output yet"
+    return last if len(last) <= width else last[:width - 3] + "..."
 
 
 class _Popen:
@@ -167,6 +184,7 @@ def run_stages(plan: list[Stage], root: Path, jobs: int, log_dir: Path, fork: bo
     cores = os.cpu_count() or 1
     log_dir.mkdir(parents=True, exist_ok=True)
     previous = signal.signal(signal.SIGTERM, _terminate)  # so that `finally` stops the stages
+    shown_at = time.perf_counter()
     try:
         while pending or running:
             ready = [s for s in pending if all(n in done or n not in names for n in s.needs)]
@@ -185,6 +203,10 @@ def run_stages(plan: list[Stage], root: Path, jobs: int, log_dir: Path, fork: bo
                 raise UserError(f"demo stages {', '.join(s.name for s in pending)} need stages that are not in the "
                                 "plan")
             time.sleep(0.1)
+            if jobs > 1 and time.perf_counter() - shown_at > STATUS_EVERY_S:  # their output is in the logs
+                shown_at = time.perf_counter()
+                for name, (_, _, start, log) in running.items():
+                    print(f"[demo]   {name} ({shown_at - start:.0f} s): {progress(log)}", flush=True)
             for name, (stage, process, start, log) in list(running.items()):
                 code = process.poll()
                 if code is None:

@@ -68,3 +68,14 @@ def test_forked_stages_see_their_own_argv_threads_and_exit_code(tmp_path):
     bad = Stage("bad", [sys.executable, str(script), str(tmp_path / "bad"), "3"], "never")
     with pytest.raises(UserError, match=r"(?s)'bad' failed \(exit code 3\).*printed by bad"):
         run_stages([bad], tmp_path, 2, tmp_path / "logs", fork=True)
+
+
+def test_progress_shows_the_latest_state_of_a_progress_bar(tmp_path):
+    from pipeline.stages import progress
+
+    log = tmp_path / "x.log"
+    log.write_text("loading\ntrain:  10%|#  | 1/10\rtrain:  50%|#####  | 5/10\r")
+    assert progress(log) == "train:  50%|#####  | 5/10"
+    log.write_text("a" * 200 + "\n")
+    assert progress(log, width=20) == "a" * 17 + "..."
+    assert progress(tmp_path / "missing.log") == ""
