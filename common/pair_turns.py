@@ -48,6 +48,17 @@ def read_identity_photos(root: str | os.PathLike) -> tuple[list[Path], np.ndarra
     return [image_dir / table.filenames[i] for i in keep], table.values[keep]
 
 
+def training_identities(cache_dir: str | os.PathLike | None) -> set[int]:
+    """The identities in a prepared cache's training split (to leave out of the pairs, so that no person a model
+    trained on is judged); an empty set for None. UserError when the cache records no identities."""
+    if not cache_dir:
+        return set()
+    cache = Path(cache_dir)
+    if not (cache / "identity.npy").is_file():
+        raise UserError(f"{cache}: no identity.npy; expected a prepared cache of a copy with identity_CelebA.txt")
+    return set(np.load(cache / "identity.npy")[np.load(cache / "split.npy") == 0].tolist())
+
+
 def pick_pairs(identity: np.ndarray, yaw: np.ndarray, min_gap: float = 0.2, max_pairs: int = 0,
                exclude: set | None = None) -> np.ndarray:
     """One pair per person: their most left- and most right-turned photos, if the yaws differ by ``min_gap``.

@@ -37,6 +37,7 @@ from common.cli import UserError
 from common.directions import Direction, load_direction, project_out
 from common.editing import direction_path, encoder_direction, get_direction, resolve_device, run_cache_dir
 from common.grids import atomic_save, edit_gif, to_uint8
+from pipeline.registry import POSE_EDITS
 
 # The sliders the page shows (CelebA names, or pose), where the run can find a direction for them.
 SLIDER_ATTRIBUTES = ("Smiling", "pose", "Mouth_Slightly_Open", "Narrow_Eyes", "Eyeglasses", "Male", "Young")
@@ -48,8 +49,7 @@ DISPLAY_SIDE = 256  # the edited face is shown upscaled to this many pixels a si
 GIF_STEPS = 9
 METHODS = {"vae": ("mean", "boundary"), "glow": ("mean", "boundary"), "pggan": ("boundary", "mean")}
 # pose: the straight walk first (live); cflow turns heads better but its first fit takes minutes on a CPU
-POSE_METHODS = {"vae": ("mean", "boundary", "cflow"), "glow": ("mean", "boundary", "cflow"),
-                "pggan": ("boundary", "mean")}
+POSE_METHODS = POSE_EDITS
 
 
 class EditorError(UserError):

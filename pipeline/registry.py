@@ -33,6 +33,8 @@ TRAINING = {"vae": ("scripts/train_vae.py", "configs/vae", "mean"),
 # latents turns heads better (common/latent_flow.py; for Glow a convolutional one on the top level; the turn
 # check in scripts/evaluate.py measures both).
 POSE_METHODS = {"vae": "cflow", "glow": "cflow"}
+# Every pose edit each method's find_direction can make (the editor's choices, evaluate.py --pose-method's)
+POSE_EDITS = {"vae": ("mean", "boundary", "cflow"), "glow": ("mean", "boundary", "cflow"), "pggan": ("boundary", "mean")}
 DEFAULT_PREDICTOR = "runs/predictor/synthetic"
 # encoded training latents kept on disk for the next edit or evaluation of the same run (the demo's Glow: 120 MB
 # with the mirrored images of the pose flow); larger sets (real faces at 64x64) are encoded again each time

@@ -25,7 +25,7 @@ from common.checkpoint import atomic_write_text
 from common.cli import UserError, run_main
 from common.editing import get_direction
 from common.grids import image_grid
-from common.pair_turns import BASELINES, pair_turn_check, pick_pairs, read_identity_photos
+from common.pair_turns import BASELINES, pair_turn_check, pick_pairs, read_identity_photos, training_identities
 from common.predictor import load_predictor, score_images
 from pipeline.registry import load_method
 
@@ -54,12 +54,7 @@ def main() -> int:
     paths, identity = read_identity_photos(args.photos)
     pixels = np.stack([crop_and_resize(Image.open(p), resolution) for p in paths])  # [N, R, R, 3]
     images = uint8_to_model(pixels)  # [N, 3, R, R]
-    exclude = set()
-    if args.exclude_cache:
-        cache = Path(args.exclude_cache)
-        if not (cache / "identity.npy").is_file():
-            raise UserError(f"{cache}: no identity.npy; expected a prepared cache of a copy with identity_CelebA.txt")
-        exclude = set(np.load(cache / "identity.npy")[np.load(cache / "split.npy") == 0].tolist())
+    exclude = training_identities(args.exclude_cache)
     yaw = score_images(predictor, images)["yaw"].numpy()
     pairs = pick_pairs(identity, yaw, args.min_gap, args.num, exclude)
     if len(pairs) == 0:

@@ -60,3 +60,15 @@ def test_walk_to_target_reaches_each_faces_own_target():
     np.testing.assert_allclose(result["images"][:, 0].numpy(), [1.0, -0.5], atol=1e-6)
     np.testing.assert_allclose(result["images"][:, 1].numpy(), [1.0, -1.0])  # the other coordinate is kept
     assert result["reached"].all() and result["grid_scores"].shape == (2, 17)
+
+
+def test_training_identities_are_the_train_splits_people(tmp_path):
+    from common.cli import UserError
+    from common.pair_turns import training_identities
+
+    np.save(tmp_path / "identity.npy", np.array([5, 5, 7, 9, 11]))
+    np.save(tmp_path / "split.npy", np.array([0, 0, 1, 0, 2]))  # 0 = train
+    assert training_identities(tmp_path) == {5, 9}
+    assert training_identities(None) == set()
+    with pytest.raises(UserError, match="no identity.npy"):
+        training_identities(tmp_path / "elsewhere")

@@ -37,7 +37,14 @@ from common.directions import regression_direction
 from common.editing import CONV_FLOW_EPOCHS, CONV_FLOW_HIDDEN, _encode_positions, _subset
 from common.grids import image_grid
 from common.latent_flow import fit_latent_flow
-from common.pair_turns import BASELINES, pair_metrics, pair_turn_check, pick_pairs, read_identity_photos
+from common.pair_turns import (
+    BASELINES,
+    pair_metrics,
+    pair_turn_check,
+    pick_pairs,
+    read_identity_photos,
+    training_identities,
+)
 from common.predictor import load_predictor, score_images
 from pipeline.registry import load_method
 
@@ -131,12 +138,7 @@ def main() -> int:
 
     # the people first: a wrong count fails before the encoding
     paths, identity = read_identity_photos(args.photos)
-    exclude = set()
-    if args.exclude_cache:
-        ex = Path(args.exclude_cache)
-        if not (ex / "identity.npy").is_file():
-            raise UserError(f"{ex}: no identity.npy; expected a prepared cache of a copy with identity_CelebA.txt")
-        exclude = set(np.load(ex / "identity.npy")[np.load(ex / "split.npy") == 0].tolist())
+    exclude = training_identities(args.exclude_cache)
     pair_people, test_people = split_people(identity, exclude, args.pair_people, args.test_people, args.seed)
 
     # the likelihood's data, as pose_latent_flow gathers it

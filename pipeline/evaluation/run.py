@@ -37,6 +37,7 @@ from pipeline.evaluation.metrics import (
 )
 from pipeline.evaluation.report import targets
 from pipeline.evaluation.turns import turn_check
+from pipeline.registry import POSE_EDITS
 
 if TYPE_CHECKING:
     from interface_gan.inversion import PGGANEditable
@@ -77,7 +78,7 @@ def make_strengths(lo: float, hi: float, steps: int) -> np.ndarray:
 
 def parse_pose_methods(items: list[str]) -> dict[str, str]:
     """--pose-method vae=cflow glow=mean -> {"vae": "cflow", "glow": "mean"}, checked against each method's finders."""
-    choices = {"vae": ("mean", "boundary", "cflow"), "glow": ("mean", "boundary", "cflow"), "pggan": ("boundary",)}
+    choices = POSE_EDITS
     result = {}
     for item in items:
         method, _, how = item.partition("=")
