@@ -9,10 +9,10 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-# The installer: uv (from PyPI, a second) unpacks and byte-compiles the venv in ~50 s where pip took ~90 s (the CUDA
-# torch wheel unpacks to 5.5 GB); plain pip is the fallback wherever uv cannot be installed or fails. uv does not
-# read pip's config, so the folders where this project's build machines keep the pinned torch wheels are passed
-# to it when they exist (elsewhere uv downloads them, as pip would).
+# The installer: uv (from PyPI, a second) unpacks and byte-compiles the requirements in ~50 s, where make setup
+# with pip took 103 s (the CUDA torch wheel unpacks to 5.5 GB; docs/results.md); plain pip is the fallback wherever
+# uv cannot be installed or fails. uv does not read pip's config, so the folders where this project's build
+# machines keep the pinned torch wheels are passed to it when they exist (elsewhere uv downloads them, as pip would).
 WHEEL_DIRS := $(wildcard /opt/pypi-more/files /opt/pypi/files)
 UV := $(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY) $(foreach d,$(WHEEL_DIRS),--find-links $(d))
 PIP := $(PY) -m pip install --quiet
