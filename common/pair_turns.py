@@ -60,24 +60,28 @@ def training_identities(cache_dir: str | os.PathLike | None) -> set[int]:
 
 
 def pick_pairs(identity: np.ndarray, yaw: np.ndarray, min_gap: float = 0.2, max_pairs: int = 0,
-               exclude: set | None = None) -> np.ndarray:
-    """One pair per person: their most left- and most right-turned photos, if the yaws differ by ``min_gap``.
+               exclude: set | None = None, max_gap: float | None = None) -> np.ndarray:
+    """One pair per person: the two of their photos farthest apart in yaw, if the yaws differ by ``min_gap``.
 
-    identity [N], yaw [N] -> pairs [P, 2] of row indices (first = edited, second = its target). The direction
-    alternates from person to person (left-to-right, then right-to-left), so both turns are measured. People in
-    ``exclude`` (e.g. those a model trained on) are left out; ``max_pairs`` > 0 keeps the widest gaps.
+    identity [N], yaw [N] -> pairs [P, 2] of row indices (first = edited, second = its target). Without
+    ``max_gap`` a pair is the person's most left- and most right-turned photos; with it, the widest pair whose gap
+    is at most ``max_gap`` (moderate turns, where a mirror is no longer the answer). The direction alternates from
+    person to person (left-to-right, then right-to-left), so both turns are measured. People in ``exclude`` (e.g.
+    those a model trained on) are left out; ``max_pairs`` > 0 keeps the widest gaps.
     """
     identity, yaw = np.asarray(identity), np.asarray(yaw, dtype=np.float64)
     pairs, gaps = [], []
     for person in sorted(set(identity.tolist()) - set(exclude or ())):
         rows = np.flatnonzero(identity == person)
-        if len(rows) < 2:
+        rows = rows[np.argsort(yaw[rows], kind="stable")]  # left to right
+        gap = yaw[rows][None, :] - yaw[rows][:, None]  # [n, n], gap[i, j] = yaw_j - yaw_i
+        allowed = (gap >= min_gap) & (gap <= (np.inf if max_gap is None else max_gap))
+        if not allowed.any():
             continue
-        lo, hi = rows[np.argmin(yaw[rows])], rows[np.argmax(yaw[rows])]
-        if yaw[hi] - yaw[lo] < min_gap:
-            continue
+        i, j = np.unravel_index(np.argmax(np.where(allowed, gap, -np.inf)), gap.shape)
+        lo, hi = rows[i], rows[j]
         pairs.append((lo, hi) if len(pairs) % 2 == 0 else (hi, lo))
-        gaps.append(yaw[hi] - yaw[lo])
+        gaps.append(gap[i, j])
     order = np.argsort(gaps)[::-1][:max_pairs] if max_pairs > 0 else np.arange(len(pairs))
     return np.array([pairs[i] for i in sorted(order)], dtype=np.int64).reshape(-1, 2)
 

@@ -41,6 +41,9 @@ def main() -> int:
     parser.add_argument("--method", default=None, help="pose method for every run (default: the run's own)")
     parser.add_argument("--num", type=int, default=40, help="pairs, the widest yaw gaps first (default 40)")
     parser.add_argument("--min-gap", type=float, default=0.2, help="least yaw difference of a pair (default 0.2)")
+    parser.add_argument("--max-gap", type=float, default=None,
+                        help="most yaw difference of a pair: each person's widest pair under it (default: no limit, "
+                             "their most left- and right-turned photos)")
     parser.add_argument("--show", type=int, default=6, help="pairs in the picture (default 6)")
     parser.add_argument("--out", default="runs/turn_pairs", help="output folder")
     args = parser.parse_args()
@@ -56,14 +59,17 @@ def main() -> int:
     images = uint8_to_model(pixels)  # [N, 3, R, R]
     exclude = training_identities(args.exclude_cache)
     yaw = score_images(predictor, images)["yaw"].numpy()
-    pairs = pick_pairs(identity, yaw, args.min_gap, args.num, exclude)
+    if args.max_gap is not None and args.max_gap < args.min_gap:
+        raise UserError(f"--max-gap {args.max_gap}: expected at least --min-gap ({args.min_gap})")
+    pairs = pick_pairs(identity, yaw, args.min_gap, args.num, exclude, args.max_gap)
     if len(pairs) == 0:
-        raise UserError(f"{args.photos}: no person has two photos {args.min_gap} apart in yaw (after exclusions)")
+        raise UserError(f"{args.photos}: no person has two photos {args.min_gap} to {args.max_gap or 'any'} apart in "
+                        "yaw (after exclusions)")
     first, second = images[pairs[:, 0]], images[pairs[:, 1]]
     print(f"{len(pairs)} pairs of {len(set(identity[pairs[:, 0]].tolist()))} people ({len(exclude)} trained-on "
           f"identities left out); predictor yaw gap {np.abs(yaw[pairs[:, 1]] - yaw[pairs[:, 0]]).mean():.2f}")
 
-    report = {"photos": str(args.photos), "pairs": [[paths[a].name, paths[b].name] for a, b in pairs],
+    report = {"photos": str(args.photos), "min_gap": args.min_gap, "max_gap": args.max_gap, "pairs": [[paths[a].name, paths[b].name] for a, b in pairs],
               "predictor": args.predictor, "judge": args.judge, "runs": {}}
     shown, labels = [first[:args.show]], ["first photo"]
     for run, model, find_direction, info in models:

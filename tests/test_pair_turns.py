@@ -29,6 +29,15 @@ def test_pick_pairs_takes_each_persons_extremes_and_alternates():
     assert pick_pairs(identity, yaw, min_gap=0.2, max_pairs=1).tolist() == [[1, 2]]  # the wider gap (0.5)
 
 
+def test_pick_pairs_with_a_max_gap_takes_the_widest_pair_under_it():
+    identity = np.array([1, 1, 1, 1, 2, 2])
+    yaw = np.array([-0.6, -0.1, 0.3, 0.5, 0.0, 0.9])
+    # person 1: -0.6 -> 0.5 (1.1) is too wide; the widest under 0.8 is -0.1 -> 0.5 (0.6); person 2's only gap is 0.9
+    assert pick_pairs(identity, yaw, min_gap=0.2, max_gap=0.8).tolist() == [[1, 3]]
+    assert pick_pairs(identity, yaw, min_gap=0.2, max_gap=1.0).tolist() == [[0, 2], [5, 4]]  # -0.6 -> 0.3 (0.9)
+    assert pick_pairs(identity, yaw, min_gap=0.7, max_gap=0.8).tolist() == []
+
+
 def test_crossfade_blends_with_the_mirror_to_the_target_yaw():
     images = torch.rand(3, 3, 4, 4) * 2 - 1
     out = crossfade_to_yaw(images, np.array([0.4, 0.4, 0.0]), np.array([0.4, -0.4, 0.3]))
