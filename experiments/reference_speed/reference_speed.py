@@ -28,6 +28,7 @@ import torch
 from common.checkpoint import atomic_write_text
 from common.cli import UserError, run_main
 from common.distributed import native_bf16, seed_everything
+from pipeline.benchmark.limits import count_flops, measure_limits_apart
 from pipeline.benchmark.train import flags, flags_name, glow_setup, pggan_setup, time_steps
 
 CPU = torch.device("cpu")
@@ -130,6 +131,9 @@ def measure(method: str, root: str, args, bf16: bool) -> dict:
             if not finite(out):
                 bad.append(side)
         return run
+    # torch's flop counter over one step of each side (matmuls and convolutions, forward and backward): equal
+    # counts say both sides do the same arithmetic; with the machine's limit they give each side's share of it
+    flops = {side: count_flops(step) / batch for side, (step, batch) in sides.items()}
     rounds = []
     for index in range(args.rounds):
         row = {}
@@ -150,6 +154,7 @@ def measure(method: str, root: str, args, bf16: bool) -> dict:
             "reference": {"what": repository, "path": str(Path(root).expanduser().resolve()),
                           "precision": "bf16 autocast" if bf16 else "fp32", "resolution": ref_res,
                           "batch": ref_batch, "params": ref_params},
+            "gflop_per_image": {side: round(v / 1e9, 3) for side, v in flops.items()},
             "steps": steps, "warmup": warmup, "rounds": rounds, "median_ratio": round(median, 3), "target": TARGET,
             "meets_target": None if args.quick else median >= TARGET}
 
@@ -187,18 +192,33 @@ def main() -> int:
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
     print(f"{info['cpu']} (avx512_bf16: {info['avx512_bf16']}), torch {info['torch']}, {info['threads']} threads",
           flush=True)
+    limits = [measure_limits_apart(CPU)]  # the machine's matmul/conv limit before and after, same threads
+    print(f"limit: {limits[0]['gflops']} GFLOP/s", flush=True)
     results = {method: measure(method, roots[method], args, bf16) for method in args.only}
+    limits.append(measure_limits_apart(CPU))
+    limit = max(lim["gflops"]["bf16" if bf16 else "fp32"] for lim in limits)
+    print(f"limit: {limits[1]['gflops']} GFLOP/s")
+    for r in results.values():
+        rate = {side: statistics.median(x[side]["img_per_s"] for x in r["rounds"]) * r["gflop_per_image"][side]
+                for side in ("ours", "reference")}
+        r["fraction_of_limit"] = {side: round(v / limit, 3) for side, v in rate.items()}
+        # the most any code doing the reference's arithmetic could be over it on this machine: the limit / its rate
+        r["ceiling_ratio"] = round(limit / rate["reference"], 3)
     print(f"\n{'method':7s} {'ours precision':20s} {'reference':14s} {'ours img/s':>10s} {'ref img/s':>10s} "
-          f"{'ratio':>6s}  >= {TARGET}x")
+          f"{'ratio':>6s}  >= {TARGET}x   share of the {limit:.0f} GFLOP/s limit: ours, reference; ceiling ratio")
     for method, r in results.items():
         ours, ref = (statistics.median(x[side]["img_per_s"] for x in r["rounds"]) for side in ("ours", "reference"))
         verdict = "(quick)" if args.quick else ("yes" if r["meets_target"] else "no")
         print(f"{method:7s} {r['ours']['precision']:20s} {r['reference']['precision']:14s} {ours:10.3f} "
-              f"{ref:10.3f} {r['median_ratio']:6.3f}  {verdict}")
+              f"{ref:10.3f} {r['median_ratio']:6.3f}  {verdict:6s} {r['fraction_of_limit']['ours']:.2f}, "
+              f"{r['fraction_of_limit']['reference']:.2f}; {r['ceiling_ratio']:.2f}")
     if args.json:
         out = {"machine": info, "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                "command": shlex.join(["python", *sys.argv]), "quick": args.quick, "rounds": args.rounds,
-               "ratio": "ours img/s / reference img/s in each round; median_ratio: their median", "methods": results}
+               "ratio": "ours img/s / reference img/s in each round; median_ratio: their median",
+               "limits": limits, "limit_gflops": limit,
+               "ceiling_ratio": "limit_gflops / (reference img/s x its GFLOP per image): the most any code doing "
+                                "the reference's arithmetic could be over it here", "methods": results}
         atomic_write_text(args.json, json.dumps(out, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0
