@@ -8,11 +8,16 @@ perceptual term; optional: without a predictor it is pixels only). The start wit
 ``last_psnr`` holds each image's reconstruction PSNR (images mapped to [0, 1], peak 1); ``encode_report()``
 reports those of every encode since its last call.
 
+``remember(path, stamp)`` keeps every inversion in a file (RUN/directions/inverted.pt from the registry), keyed
+by the images' bytes and the inversion budget and tied to ``stamp`` (the checkpoints'), so editing the same photos
+for another attribute does not invert them again.
+
 ``load_model_from_run(run_dir, device, predictor_run=None)`` rebuilds the EMA generator from a run folder.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from common.metrics import psnr
 from interface_gan.pggan import Generator, build_networks, project_to_sphere, sample_latents
@@ -36,11 +42,12 @@ class InversionResult:
 def invert(generate: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, latent_dim: int,
            steps: int = 200, lr: float = 0.1, starts: int = 8,
            features: Callable[[torch.Tensor], torch.Tensor] | None = None, feature_weight: float = 1.0,
-           generator: torch.Generator | None = None) -> InversionResult:
+           generator: torch.Generator | None = None, on_step: Callable[[], None] | None = None) -> InversionResult:
     """Find z with generate(z) ~ images by projected Adam from ``starts`` random starts per image (batched).
 
     images [B, 3, H, W] in [-1, 1] at the generator's resolution -> InversionResult. The learning rate follows a
-    cosine decay to zero, so the last steps settle instead of bouncing on the sphere.
+    cosine decay to zero, so the last steps settle instead of bouncing on the sphere. ``on_step`` is called after
+    each Adam step (a progress bar).
     """
     b = images.shape[0]
     device = images.device
@@ -62,7 +69,7 @@ def invert(generate: Callable[[torch.Tensor], torch.Tensor], images: torch.Tenso
     z = z0.clone().requires_grad_(True)
     opt = torch.optim.Adam([z], lr=lr)
     with torch.enable_grad():  # callers (run_edit) may hold torch.no_grad()
-        _optimise(z, opt, losses, steps, lr)
+        _optimise(z, opt, losses, steps, lr, on_step)
     with torch.no_grad():
         total, out = losses(z)
         best = total.reshape(b, starts).argmin(dim=1)  # [B]
@@ -70,7 +77,8 @@ def invert(generate: Callable[[torch.Tensor], torch.Tensor], images: torch.Tenso
         return InversionResult(z.detach()[pick], torch.from_numpy(psnr(out[pick], images)), total[pick], initial)
 
 
-def _optimise(z: torch.Tensor, opt: torch.optim.Optimizer, losses, steps: int, lr: float) -> None:
+def _optimise(z: torch.Tensor, opt: torch.optim.Optimizer, losses, steps: int, lr: float,
+              on_step: Callable[[], None] | None = None) -> None:
     for i in range(steps):
         for group in opt.param_groups:
             group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * i / steps))
@@ -80,6 +88,8 @@ def _optimise(z: torch.Tensor, opt: torch.optim.Optimizer, losses, steps: int, l
         opt.step()
         with torch.no_grad():
             z.copy_(project_to_sphere(z))
+        if on_step is not None:
+            on_step()
 
 
 class PGGANEditable:
@@ -89,17 +99,41 @@ class PGGANEditable:
 
     def __init__(self, generator: Generator, device: str | torch.device = "cpu", predictor=None,
                  steps: int = 200, lr: float = 0.1, starts: int = 8, feature_weight: float = 1.0,
-                 batch_size: int = 64, seed: int = 0):
+                 batch_size: int = 64, seed: int = 0, progress: bool = True):
         self.generator = generator.to(device).eval().requires_grad_(False)
         self.device = torch.device(device)
         self.latent_dim = generator.latent_dim
         self.resolution = generator.resolution
         self.predictor = predictor
         self.steps, self.lr, self.starts, self.feature_weight = steps, lr, starts, feature_weight
-        self.batch_size, self.seed = batch_size, seed
+        self.batch_size, self.seed, self.progress = batch_size, seed, progress
         self.last_psnr: list[float] = []  # per image of the last encode()
         self.last_initial_psnr: list[float] = []
         self._reported: tuple[list[float], list[float]] = ([], [])  # every encode() since encode_report()
+        self.memory_file: Path | None = None
+        self.memory_stamp, self.memory = "", None
+
+    def remember(self, path: str | Path, stamp: str) -> None:
+        """Keep inversions in ``path`` (read when its stamp is ``stamp``, rewritten atomically after each new one)."""
+        self.memory_file, self.memory_stamp, self.memory = Path(path), stamp, None
+
+    def _memory(self) -> dict:
+        if self.memory is None:
+            self.memory = {}
+            if self.memory_file is not None and self.memory_file.is_file():
+                try:
+                    saved = torch.load(self.memory_file, weights_only=True)
+                    if saved.get("stamp") == self.memory_stamp:
+                        self.memory = dict(saved["inversions"])
+                except Exception:  # an unreadable file is only a lost shortcut: invert again, overwrite it
+                    self.memory = {}
+        return self.memory
+
+    def _memory_key(self, images: torch.Tensor) -> str:
+        budget = f"{self.steps}|{self.starts}|{self.lr}|{self.feature_weight}|{self.seed}|{self.batch_size}"
+        digest = hashlib.sha1(images.detach().cpu().contiguous().numpy().tobytes())
+        digest.update(budget.encode())
+        return digest.hexdigest()
 
     def sample_latents(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return sample_latents(n, self.latent_dim, generator)  # [n, D], norm sqrt(D)
@@ -147,19 +181,39 @@ class PGGANEditable:
         if images.shape[-1] != self.resolution or images.shape[-2] != self.resolution:
             images = F.interpolate(images, size=(self.resolution, self.resolution), mode="bilinear",
                                    align_corners=False, antialias=True)
+        key = self._memory_key(images) if self.memory_file is not None else None
+        if key is not None and key in self._memory():
+            saved = self._memory()[key]
+            self.last_psnr, self.last_initial_psnr = list(saved["psnr"].tolist()), list(saved["initial"].tolist())
+            self._reported[0].extend(self.last_psnr)
+            self._reported[1].extend(self.last_initial_psnr)
+            return saved["latents"].clone()
         rng = torch.Generator().manual_seed(self.seed)
         latents, self.last_psnr, self.last_initial_psnr = [], [], []
         features = self._features()
-        for start in range(0, images.shape[0], max(1, self.batch_size // self.starts)):
-            chunk = images[start:start + max(1, self.batch_size // self.starts)].to(self.device)
-            result = invert(self.generator, chunk, self.latent_dim, self.steps, self.lr, self.starts, features,
-                            self.feature_weight, rng)
-            latents.append(result.latents.cpu())
-            self.last_psnr += [float(v) for v in result.psnr]
-            self.last_initial_psnr += [float(v) for v in result.initial_psnr]
+        per_chunk = max(1, self.batch_size // self.starts)
+        chunks = range(0, images.shape[0], per_chunk)
+        # inversion is the slow part of editing a photo with a GAN (minutes on a CPU): show its steps
+        with tqdm(total=len(chunks) * self.steps, desc=f"invert {images.shape[0]} images", unit="step",
+                  disable=not self.progress or not len(chunks), leave=False) as bar:
+            for start in chunks:
+                chunk = images[start:start + per_chunk].to(self.device)
+                result = invert(self.generator, chunk, self.latent_dim, self.steps, self.lr, self.starts, features,
+                                self.feature_weight, rng, on_step=lambda: bar.update(1))
+                latents.append(result.latents.cpu())
+                self.last_psnr += [float(v) for v in result.psnr]
+                self.last_initial_psnr += [float(v) for v in result.initial_psnr]
         self._reported[0].extend(self.last_psnr)
         self._reported[1].extend(self.last_initial_psnr)
-        return torch.cat(latents) if latents else torch.zeros(0, self.latent_dim)
+        found = torch.cat(latents) if latents else torch.zeros(0, self.latent_dim)
+        if key is not None:
+            from common.checkpoint import atomic_torch_save
+
+            self._memory()[key] = {"latents": found.clone(), "psnr": torch.tensor(self.last_psnr),
+                                   "initial": torch.tensor(self.last_initial_psnr)}
+            self.memory_file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_torch_save({"stamp": self.memory_stamp, "inversions": self._memory()}, self.memory_file)
+        return found
 
 
 def load_generator(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Generator, object]:

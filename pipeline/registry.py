@@ -202,6 +202,9 @@ def load_method(run_dir, device="cpu", predictor_run=None, cache: str | None = N
         e = cfg.edit
         model = PGGANEditable(generator, device, predictor, steps=e.inversion_steps, lr=e.inversion_lr,
                               starts=e.inversion_starts, feature_weight=e.inversion_feature_weight, seed=seed)
+        # photos inverted once are not inverted again (another attribute, the evaluation, the turn check)
+        model.remember(run_dir / "directions" / "inverted.pt",
+                       f"{_checkpoint_stamp(run_dir)}|{predictor_dir.resolve()}|{_checkpoint_stamp(predictor_dir)}")
         n_samples = samples or e.samples
 
         def scored_samples():

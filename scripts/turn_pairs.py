@@ -44,14 +44,23 @@ def main() -> int:
     parser.add_argument("--max-gap", type=float, default=None,
                         help="most yaw difference of a pair: each person's widest pair under it (default: no limit, "
                              "their most left- and right-turned photos)")
+    parser.add_argument("--inversion-steps", type=int, default=0,
+                        help="PGGAN: inversion steps per photo (default 0: the run config's)")
+    parser.add_argument("--inversion-starts", type=int, default=0,
+                        help="PGGAN: random starts per photo (default 0: the run config's)")
     parser.add_argument("--show", type=int, default=6, help="pairs in the picture (default 6)")
     parser.add_argument("--out", default="runs/turn_pairs", help="output folder")
     args = parser.parse_args()
     if args.num < 1:
         raise UserError(f"--num {args.num}: expected at least 1 pair")
+    if args.inversion_steps < 0 or args.inversion_starts < 0:
+        raise UserError("--inversion-steps and --inversion-starts: expected 0 (the config's) or more")
     out = Path(args.out)
     predictor, judge = load_predictor(args.predictor), load_predictor(args.judge)
     models = [(Path(run), *load_method(run, "cpu")) for run in args.runs]
+    for _, model, _, info in models:
+        if info["method"] == "pggan":  # the GAN encodes by inversion: its budget is the run's time
+            model.steps, model.starts = args.inversion_steps or model.steps, args.inversion_starts or model.starts
     resolution = int(models[0][1].resolution)
 
     paths, identity = read_identity_photos(args.photos)
@@ -84,6 +93,8 @@ def main() -> int:
         labels.append(f"{info['method']} {method}")
         crossfade = edited["crossfade"][:args.show]
         report["runs"][str(run)] = {"method": info["method"], "pose_method": method, **result}
+        if info["method"] == "pggan":
+            report["runs"][str(run)].update(model.encode_report())
         print(f"{run}: edit {result['edit']['psnr_face_db']:.2f} dB (unedited {result['unedited']['psnr_face_db']:.2f}"
               f", reconstruction {result['reconstruction']['psnr_face_db']:.2f}, cross-fade "
               f"{result['crossfade']['psnr_face_db']:.2f}); judge feature distance {result['edit']['feature_distance']:.2f}"

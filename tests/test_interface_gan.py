@@ -51,6 +51,35 @@ def test_inversion_improves_over_random_start_and_stays_on_sphere():
     assert model.decode(z).abs().max() <= 1.0
 
 
+def test_remembered_inversions_are_reused_only_for_the_same_photos_budget_and_stamp(tmp_path, monkeypatch):
+    import interface_gan.inversion as inversion
+
+    g = tiny_generator()
+    with torch.no_grad():
+        images = g(sample_latents(3, 16, torch.Generator().manual_seed(5)))
+    calls = []
+    real_invert = inversion.invert
+    monkeypatch.setattr(inversion, "invert", lambda *a, **k: calls.append(1) or real_invert(*a, **k))
+    store = tmp_path / "directions" / "inverted.pt"
+
+    def model(stamp="ckpt-1", steps=5):
+        m = PGGANEditable(g, steps=steps, lr=0.3, starts=2, progress=False)
+        m.remember(store, stamp)
+        return m
+
+    first = model()
+    z = first.encode(images)
+    assert len(calls) == 1 and store.is_file()
+    again = model()  # a new process: read from the file
+    torch.testing.assert_close(again.encode(images), z)
+    assert len(calls) == 1 and again.last_psnr == pytest.approx(first.last_psnr)
+    assert again.encode_report()["inversion"]["mean_psnr"] == pytest.approx(np.mean(first.last_psnr), abs=1e-3)
+    model().encode(images[:2])  # other photos
+    model(steps=6).encode(images)  # another budget
+    model(stamp="ckpt-2").encode(images)  # a retrained checkpoint
+    assert len(calls) == 4
+
+
 def test_pca_on_isotropic_latents_is_noise():
     z = np.random.default_rng(0).standard_normal((2000, 32))
     _, ratios, null, noise = pca_with_null(z, 5)
