@@ -108,8 +108,8 @@ class PGGANEditable:
         self.predictor = predictor
         self.steps, self.lr, self.starts, self.feature_weight = steps, lr, starts, feature_weight
         self.batch_size, self.seed, self.progress = batch_size, seed, progress
-        # "auto": the search runs under bf16 autocast where bf16 is native (1.8x on a 2-core Zen 4 CPU, the same
-        # PSNR: docs/results.md), in fp32 elsewhere; "fp32" forces it off
+        # "auto": the search runs under bf16 autocast where bf16 is native (2x on a 2-core Zen 4 CPU, the same
+        # PSNR: docs/results.md "Real CelebA"), in fp32 elsewhere; "fp32" forces it off
         self.precision = precision
         self.last_psnr: list[float] = []  # per image of the last encode()
         self.last_initial_psnr: list[float] = []
