@@ -80,7 +80,7 @@ def real_runs(real_cache64, tmp_path_factory):
     _tiny("train_pggan.py", runs["pggan"], real_cache64, "model.latent_dim=16", "model.fmap_base=64",
           "model.fmap_max=16", "model.fmap_min=8", "pggan.batch_sizes=[4,4,4,4,4]", "pggan.grid_images=4",
           "train.total_images=72", "log.every_images=8", "log.image_every_images=0", "train.checkpoint_every_images=0",
-          f"edit.predictor={runs['predictor']}")
+          f"edit.predictor={runs['predictor']}", "edit.samples=256")
     return runs
 
 
@@ -114,16 +114,22 @@ def test_a_real_test_face_is_edited(real_runs, tmp_path):
 
 def test_the_real_turn_check_on_two_pairs(real_runs, real_identities, tmp_path):
     out = tmp_path / "pairs"
-    code, err = run_script("turn_pairs.py", "--runs", str(real_runs["vae"]), "--photos", str(real_identities),
-                           "--predictor", str(real_runs["predictor"]), "--judge", str(real_runs["predictor"]),
-                           "--method", "mean", "--num", "2", "--min-gap", "0", "--show", "2", "--out", str(out))
+    code, err = run_script("turn_pairs.py", "--runs", str(real_runs["vae"]), str(real_runs["pggan"]),
+                           "--photos", str(real_identities), "--predictor", str(real_runs["predictor"]),
+                           "--judge", str(real_runs["predictor"]), "--method", "mean", "--num", "2", "--min-gap", "0",
+                           "--max-gap", "5", "--inversion-steps", "2", "--inversion-starts", "1", "--show", "2",
+                           "--out", str(out))
     assert code == 0, err[-3000:]
     report = json.loads((out / "turn_pairs.json").read_text())
-    assert len(report["pairs"]) == 2 and all(a != b for a, b in report["pairs"])
-    result = report["runs"][str(real_runs["vae"])]
-    for name in ("edit", "unedited", "reconstruction", "crossfade"):
-        assert set(result[name]) == {"psnr_face_db", "feature_distance", "yaw_error"}
-        assert 0 < result[name]["psnr_face_db"] < 99 and result[name]["feature_distance"] > 0
-    assert 0 <= result["reached_fraction"] <= 1
+    assert len(report["pairs"]) == 2 and all(a != b for a, b in report["pairs"]) and report["max_gap"] == 5
+    for run in ("vae", "pggan"):
+        result = report["runs"][str(real_runs[run])]
+        for name in ("edit", "unedited", "reconstruction", "crossfade"):
+            assert set(result[name]) == {"psnr_face_db", "feature_distance", "yaw_error"}
+            assert 0 < result[name]["psnr_face_db"] < 99 and result[name]["feature_distance"] > 0
+        assert 0 <= result["reached_fraction"] <= 1
+    inversion = report["runs"][str(real_runs["pggan"])]["inversion"]  # the GAN's photos, inverted on the budget
+    assert inversion["steps"] == 2 and inversion["starts"] == 1 and len(inversion["psnr"]) == 2
+    assert (real_runs["pggan"] / "directions" / "inverted.pt").is_file()
     with Image.open(out / "turn_pairs.png") as image:
-        assert image.size[0] >= 4 * 64  # first photo, the edit, the cross-fade, the second photo
+        assert image.size[0] >= 5 * 64  # first photo, two edits, the cross-fade, the second photo
