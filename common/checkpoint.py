@@ -98,6 +98,37 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 # RNG states as weights_only-loadable values.
 
 
+def content_key(tensor: Any, extra: str = "") -> str:
+    """A hash of a tensor's bytes (and ``extra``, e.g. the settings that produced a result from it): the key of the
+    remembered encodings and inversions, so a different batch can never get a stale answer."""
+    import hashlib
+
+    digest = hashlib.sha1(tensor.detach().cpu().contiguous().numpy().tobytes())
+    digest.update(extra.encode())
+    return digest.hexdigest()
+
+
+def load_stamped(path: str | Path | None, stamp: str, field: str) -> dict:
+    """``saved[field]`` of a file written by ``save_stamped`` with the same ``stamp`` (what it was computed with,
+    e.g. the checkpoint's size and mtime); {} when it is missing, stamped otherwise or unreadable (a remembered
+    result is only a shortcut: computing it again is always right)."""
+    if path is None or not Path(path).is_file():
+        return {}
+    import torch
+
+    try:
+        saved = torch.load(path, weights_only=True)
+        return dict(saved[field]) if saved.get("stamp") == stamp else {}
+    except Exception:
+        return {}
+
+
+def save_stamped(path: str | Path, stamp: str, field: str, entries: Mapping[str, Any]) -> None:
+    """Write {"stamp": stamp, field: entries} atomically (read back by ``load_stamped``)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save({"stamp": stamp, field: dict(entries)}, path)
+
+
 def get_rng_state(include_cuda: bool | None = None) -> dict:
     """This process's torch (CPU, CUDA), numpy and Python RNG states as tensors / lists / scalars."""
     import torch

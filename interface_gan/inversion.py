@@ -17,7 +17,6 @@ for another attribute does not invert them again.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from common.checkpoint import content_key, load_stamped, save_stamped
 from common.metrics import psnr
 from interface_gan.pggan import Generator, build_networks, project_to_sphere, sample_latents
 
@@ -122,23 +122,13 @@ class PGGANEditable:
         self.memory_file, self.memory_stamp, self.memory = Path(path), stamp, None
 
     def _memory(self) -> dict:
-        if self.memory is None:
-            self.memory = {}
-            if self.memory_file is not None and self.memory_file.is_file():
-                try:
-                    saved = torch.load(self.memory_file, weights_only=True)
-                    if saved.get("stamp") == self.memory_stamp:
-                        self.memory = dict(saved["inversions"])
-                except Exception:  # an unreadable file is only a lost shortcut: invert again, overwrite it
-                    self.memory = {}
+        if self.memory is None:  # read on first use; an unreadable file: invert again, overwrite it
+            self.memory = load_stamped(self.memory_file, self.memory_stamp, "inversions")
         return self.memory
 
     def _memory_key(self, images: torch.Tensor) -> str:
-        budget = (f"{self.steps}|{self.starts}|{self.lr}|{self.feature_weight}|{self.seed}|{self.batch_size}|"
-                  f"{self._bf16()}")
-        digest = hashlib.sha1(images.detach().cpu().contiguous().numpy().tobytes())
-        digest.update(budget.encode())
-        return digest.hexdigest()
+        return content_key(images, f"{self.steps}|{self.starts}|{self.lr}|{self.feature_weight}|{self.seed}|"
+                                   f"{self.batch_size}|{self._bf16()}")
 
     def sample_latents(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return sample_latents(n, self.latent_dim, generator)  # [n, D], norm sqrt(D)
@@ -218,12 +208,9 @@ class PGGANEditable:
         self._reported[1].extend(self.last_initial_psnr)
         found = torch.cat(latents) if latents else torch.zeros(0, self.latent_dim)
         if key is not None:
-            from common.checkpoint import atomic_torch_save
-
             self._memory()[key] = {"latents": found.clone(), "psnr": torch.tensor(self.last_psnr),
                                    "initial": torch.tensor(self.last_initial_psnr)}
-            self.memory_file.parent.mkdir(parents=True, exist_ok=True)
-            atomic_torch_save({"stamp": self.memory_stamp, "inversions": self._memory()}, self.memory_file)
+            save_stamped(self.memory_file, self.memory_stamp, "inversions", self._memory())
         return found
 
 

@@ -90,20 +90,14 @@ class _RememberingEncoder:
         self.latent_on_sphere = model.latent_on_sphere
         self.decode, self.sample_latents = model.decode, model.sample_latents
         self.latent_flow_layout, self.encode_report = model.latent_flow_layout, model.encode_report
-        if store is not None and store.is_file():
-            import torch
+        from common.checkpoint import load_stamped
 
-            try:
-                saved = torch.load(store, weights_only=True)
-                if saved.get("stamp") == stamp:
-                    self.memory = dict(saved["latents"])
-            except Exception:  # an unreadable store is only a lost shortcut: encode again, overwrite it later
-                self.memory = {}
+        self.memory = load_stamped(store, stamp, "latents")  # an unreadable store: encode again, overwrite it later
 
     def encode(self, images):
-        import hashlib
+        from common.checkpoint import content_key
 
-        key = hashlib.sha1(images.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+        key = content_key(images)
         if key not in self.memory:
             self.memory[key] = self.model.encode(images).detach().cpu()
             self.dirty = True
@@ -116,9 +110,9 @@ class _RememberingEncoder:
         size = sum(t.numel() * t.element_size() for t in self.memory.values())
         if size > MAX_REMEMBERED_BYTES:
             return
-        from common.checkpoint import atomic_torch_save
+        from common.checkpoint import save_stamped
 
-        atomic_torch_save({"stamp": self.stamp, "latents": self.memory}, self.store)
+        save_stamped(self.store, self.stamp, "latents", self.memory)
         self.dirty = False
 
 

@@ -55,6 +55,8 @@ def main() -> int:
         raise UserError(f"--num {args.num}: expected at least 1 pair")
     if args.inversion_steps < 0 or args.inversion_starts < 0:
         raise UserError("--inversion-steps and --inversion-starts: expected 0 (the config's) or more")
+    if args.max_gap is not None and args.max_gap < args.min_gap:
+        raise UserError(f"--max-gap {args.max_gap}: expected at least --min-gap ({args.min_gap})")
     out = Path(args.out)
     predictor, judge = load_predictor(args.predictor), load_predictor(args.judge)
     models = [(Path(run), *load_method(run, "cpu")) for run in args.runs]
@@ -68,8 +70,6 @@ def main() -> int:
     images = uint8_to_model(pixels)  # [N, 3, R, R]
     exclude = training_identities(args.exclude_cache)
     yaw = score_images(predictor, images)["yaw"].numpy()
-    if args.max_gap is not None and args.max_gap < args.min_gap:
-        raise UserError(f"--max-gap {args.max_gap}: expected at least --min-gap ({args.min_gap})")
     pairs = pick_pairs(identity, yaw, args.min_gap, args.num, exclude, args.max_gap)
     if len(pairs) == 0:
         raise UserError(f"{args.photos}: no person has two photos {args.min_gap} to {args.max_gap or 'any'} apart in "
@@ -78,8 +78,9 @@ def main() -> int:
     print(f"{len(pairs)} pairs of {len(set(identity[pairs[:, 0]].tolist()))} people ({len(exclude)} trained-on "
           f"identities left out); predictor yaw gap {np.abs(yaw[pairs[:, 1]] - yaw[pairs[:, 0]]).mean():.2f}")
 
-    report = {"photos": str(args.photos), "min_gap": args.min_gap, "max_gap": args.max_gap, "pairs": [[paths[a].name, paths[b].name] for a, b in pairs],
-              "predictor": args.predictor, "judge": args.judge, "runs": {}}
+    report = {"photos": str(args.photos), "min_gap": args.min_gap, "max_gap": args.max_gap,
+              "pairs": [[paths[a].name, paths[b].name] for a, b in pairs], "predictor": args.predictor,
+              "judge": args.judge, "runs": {}}
     shown, labels = [first[:args.show]], ["first photo"]
     for run, model, find_direction, info in models:
         if int(model.resolution) != resolution:
