@@ -5,8 +5,8 @@
         [--scaling] [--json runs/benchmark.json] [--markdown PATH]
 
 What each benchmark measures, and how: pipeline/benchmark/ (limits.py: the matmul rate per precision and the
-memory bandwidth, measured first in the same run; train.py: each method's own training step, its FLOPs per image
-and its fraction of that limit, pass/fail by fraction; scaling.py; other.py: loader, edit, boundary). The JSON
+memory bandwidth, measured in the same run before and after the rows, the faster kept; train.py: each method's own
+training step, its FLOPs per image and its fraction of that limit, pass/fail by fraction; scaling.py; other.py: loader, edit, boundary). The JSON
 keeps the entries of earlier runs of the other benchmarks; --markdown writes the training table for
 docs/results.md.
 """

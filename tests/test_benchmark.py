@@ -18,9 +18,11 @@ from pipeline.benchmark import (
     MODES,
     SETUPS,
     Flags,
+    best_limits,
     count_flops,
     flags,
     flags_name,
+    judge_rows,
     measure_limits,
     peak_bytes,
     plot_scaling,
@@ -97,6 +99,17 @@ def test_flop_count_of_a_linear_step_is_the_matmul_arithmetic():
     assert count_flops(lambda: layer(x).sum().backward()) == 3 * forward  # + the input's gradient
 
 
+def test_flop_count_includes_onednn_fused_convolutions():
+    """Glow's bf16 conv + ReLU runs as mkldnn._convolution_pointwise: counted as the convolution it is, not 0."""
+    if not hasattr(torch.ops.mkldnn, "_convolution_pointwise"):
+        pytest.skip("this torch build has no oneDNN fused convolution")
+    x, w, b = torch.randn(2, 8, 6, 6), torch.randn(16, 8, 3, 3), torch.randn(16)
+    plain = count_flops(lambda: torch.nn.functional.conv2d(x, w, b, padding=1))
+    assert plain == 2 * (2 * 6 * 6) * 16 * (8 * 9)
+    fused = lambda: torch.ops.mkldnn._convolution_pointwise(x, w, b, [1, 1], [1, 1], [1, 1], 1, "relu", [], "")  # noqa: E731
+    assert count_flops(fused) == plain
+
+
 def test_a_training_row_reports_flops_and_its_fraction_of_the_limit():
     setup = SETUPS["vae"]("synthetic", CPU, resolution=16, batch=4)
     expected = count_flops(setup.make_step(MODES["fp32"])) / 4  # one step of the same model, counted apart
@@ -139,6 +152,24 @@ def test_pass_fail_compares_fractions_of_the_limit_not_img_per_s():
     assert other["passed"] == "-" and other["fraction_of_limit"] > 1
 
 
+def test_the_limit_is_the_fastest_measurement_and_rows_are_judged_against_it():
+    """The rate moves over minutes: a slow first measurement must not let a row read as more than the limit."""
+    slow = {"gflops": {"fp32": 50.0, "bf16": 1.0}, "matmul_gflops": {"fp32": 47.0, "bf16": 1.0},
+            "conv_gflops": {"fp32": 50.0, "bf16": 0.0}, "threads": 2}
+    fast = {"gflops": {"fp32": 80.0, "bf16": 1.5}, "matmul_gflops": {"fp32": 69.0, "bf16": 1.5},
+            "conv_gflops": {"fp32": 80.0, "bf16": 0.0}, "threads": 2}
+    best = best_limits([slow, fast])
+    assert best["gflops"] == {"fp32": 80.0, "bf16": 1.5} and best["matmul_gflops"]["fp32"] == 69.0
+    assert best["measurements"] == [slow["gflops"], fast["gflops"]] and best["threads"] == 2
+    rows = [{"method": "vae", "size": "reference", "mode": "default=bf16", "precision": "bf16", "img_per_s": 100.0,
+             "flops_per_image": 4e8, "limit_gflops": 1.0, "fraction_of_limit": 40.0, "target": 0.3, "passed": "pass"},
+            {"method": "glow", "size": "reference", "mode": "fp32", "precision": "fp32", "img_per_s": 10.0,
+             "flops_per_image": 6e9, "limit_gflops": 50.0, "fraction_of_limit": 1.2, "target": "-", "passed": "-"}]
+    judge_rows(rows, {"gflops": {"fp32": 80.0, "bf16": 200.0}})
+    assert rows[0]["limit_gflops"] == 200.0 and rows[0]["fraction_of_limit"] == 0.2 and rows[0]["passed"] == "FAIL"
+    assert rows[1]["fraction_of_limit"] == 0.75 and rows[1]["passed"] == "-"
+
+
 def test_run_writes_json_merged_with_earlier_runs_and_markdown(tmp_path):
     path = tmp_path / "benchmark.json"
     path.write_text(json.dumps({"loader": {"rows": [{"pipeline": "earlier"}]}}))
@@ -149,6 +180,7 @@ def test_run_writes_json_merged_with_earlier_runs_and_markdown(tmp_path):
     assert on_disk == merged and on_disk["loader"]["rows"] == [{"pipeline": "earlier"}]  # kept
     assert {"cpu", "avx512_bf16", "amx", "cores", "torch", "date"} <= set(on_disk["machine"])
     assert on_disk["limits"]["gflops"]["bf16"] > 0 and on_disk["vae"]["limits"] == on_disk["limits"]
+    assert len(on_disk["limits"]["measurements"]) == 2  # before and after the rows; the faster of each is the limit
     rows = on_disk["vae"]["rows"]
     assert [(r["size"], r["mode"]) for r in rows] == [("reference", "bf16"), ("synthetic", "bf16")]
     text = results_markdown(on_disk)

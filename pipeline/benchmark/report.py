@@ -48,7 +48,16 @@ def limits_line(limits: dict) -> str:
                       f"{matmul.get(p, g):,.1f}, 3x3 conv {conv.get(p, 0):,.1f})" for p, g in limits["gflops"].items())
     return (f"limit {rates}; copy {limits['copy_gb_per_s']:,.1f} GB/s ({limits.get('copy_mib', '?')} MiB); "
             f"torch threads {limits.get('threads', '?')} on {limits.get('device', '?')}, median of "
-            f"{limits.get('repeats', '?')}")
+            f"{limits.get('repeats', '?')}{_measurements(limits)}")
+
+
+def _measurements(limits: dict) -> str:
+    """'; the faster of 2 measurements (fp32 50.5 / 79.9, ...)' when the limit was measured more than once."""
+    measured = limits.get("measurements") or []
+    if len(measured) < 2:
+        return ""
+    rates = ", ".join(f"{p} " + " / ".join(f"{m[p]:,.1f}" for m in measured) for p in measured[0])
+    return f"; the faster of {len(measured)} measurements ({rates})"
 
 
 def machine_line(machine: dict) -> str:
@@ -95,7 +104,8 @@ def results_markdown(results: dict) -> str:
     peak = next((e.get("peak_memory") for _, e in entries if e.get("peak_memory")), None)
     start = next((e.get("peak_MB_at_start") for _, e in entries if e.get("peak_MB_at_start")), None)
     lines += ["", "- fraction of limit = GFLOP/img x img/s / the limit GFLOP/s of the row's precision (the faster of "
-              "a matmul and a 3x3 convolution), measured in the same run; GFLOP/img is torch.utils.flop_counter's count of one training step (matmuls and "
+              "a matmul and a 3x3 convolution), measured in the same run, before and after the rows (the faster of the "
+              "two); GFLOP/img is torch.utils.flop_counter's count of one training step (matmuls and "
               "convolutions, forward + backward) over the batch."]
     targets = {m: e.get("target_fraction_bf16") for m, e in entries if e.get("target_fraction_bf16") is not None}
     if targets:

@@ -332,6 +332,15 @@ def train_row(setup: TrainSetup, mode: str, steps: int, warmup: int, device: tor
     return row
 
 
+def judge_rows(rows: list[dict], limits: dict) -> None:
+    """Each row's limit_gflops, fraction_of_limit and verdict again, against ``limits`` (the run's final limit)."""
+    for r in rows:
+        r["limit_gflops"] = limits["gflops"][r["precision"]]
+        r["fraction_of_limit"] = _sig(fraction_of_limit(r["flops_per_image"], r["img_per_s"], r["limit_gflops"]))
+        if r["mode"].startswith("default"):
+            r["target"], r["passed"] = verdict(r["method"], r["size"], r["precision"], r["fraction_of_limit"])
+
+
 def add_same_run_ratios(rows: list[dict]) -> None:
     """vs_fp32: each row's img/s over its size's fp32 row of the same run (when that mode ran)."""
     base = {r["size"]: r["img_per_s"] for r in rows if r["mode"] == "fp32"}
