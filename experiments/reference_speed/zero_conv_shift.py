@@ -1,0 +1,83 @@
+"""Would Glow's zero convolutions (3x3, 512 -> 12/24/48 channels) run faster as one wide GEMM plus shifts?
+
+    OMP_NUM_THREADS=2 python experiments/reference_speed/zero_conv_shift.py
+
+oneDNN runs these convolutions at about 200 GFLOP/s in backward (profile_step.py), under half of the bf16 limit:
+their output has only 12-48 channels. The same convolution is x [BHW, C] @ W [C, 9 x O] (a GEMM 9x wider)
+followed by adding the 9 spatially shifted [B, H, W, O] slices; its backward is the 9 shifted copies of the output
+gradient stacked to [BHW, 9 x O], then two GEMMs. Prints the largest difference from oneDNN (bf16 rounding only)
+and the median milliseconds of each, at Glow's reference-size shapes (batch 16, channels_last, bf16).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def median_ms(fn, n: int = 20) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return sorted(times)[n // 2] * 1e3
+
+
+def shift_forward(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    bs, c, h, wd = x.shape
+    o = w.shape[0]
+    p = (x.permute(0, 2, 3, 1).reshape(-1, c) @ w.permute(1, 2, 3, 0).reshape(c, 9 * o)).view(bs, h, wd, 9, o)
+    p = F.pad(p, (0, 0, 0, 0, 1, 1, 1, 1))  # [B, H+2, W+2, 9, O]
+    out = b.view(1, 1, 1, o).expand(bs, h, wd, o).clone()
+    for k in range(9):
+        dy, dx = divmod(k, 3)
+        out += p[:, dy:dy + h, dx:dx + wd, k, :]
+    return out.permute(0, 3, 1, 2)  # [B, O, H, W] channels_last
+
+
+def shift_backward(g: torch.Tensor, x: torch.Tensor, w: torch.Tensor):
+    bs, c, h, wd = x.shape
+    o = w.shape[0]
+    g2 = g.permute(0, 2, 3, 1)  # [B, H, W, O]
+    gp = F.pad(g2, (0, 0, 1, 1, 1, 1))
+    shifted = [gp[:, 2 - dy:2 - dy + h, 2 - dx:2 - dx + wd, :] for dy in range(3) for dx in range(3)]
+    g_p = torch.stack(shifted, dim=3).view(-1, 9 * o)  # [BHW, 9 O]
+    w2 = w.permute(1, 2, 3, 0).reshape(c, 9 * o)
+    gx = (g_p @ w2.t()).view(bs, h, wd, c).permute(0, 3, 1, 2)
+    gw = (x.permute(0, 2, 3, 1).reshape(-1, c).t() @ g_p).view(c, 3, 3, o).permute(3, 0, 1, 2)
+    return gx, gw, g2.sum((0, 1, 2))
+
+
+def row(bs: int, c: int, h: int, o: int) -> str:
+    cl = torch.channels_last
+    x = torch.randn(bs, c, h, h).to(torch.bfloat16).contiguous(memory_format=cl)
+    w = (torch.randn(o, c, 3, 3) * 0.02).to(torch.bfloat16)
+    b = torch.randn(o).to(torch.bfloat16)
+    g = torch.randn(bs, o, h, h).to(torch.bfloat16).contiguous(memory_format=cl)
+
+    def onednn_bwd():
+        return torch.ops.aten.convolution_backward(g, x, w, [o], [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+                                                   [True, True, True])
+    diff_f = (F.conv2d(x, w, b, padding=1).float() - shift_forward(x, w, b).float()).abs().max().item()
+    diff_b = max((a.float() - m.float()).abs().max().item() / a.float().abs().max().item()
+                 for a, m in zip(onednn_bwd(), shift_backward(g, x, w)))
+    t = [median_ms(lambda: F.conv2d(x, w, b, padding=1)), median_ms(lambda: shift_forward(x, w, b)),
+         median_ms(onednn_bwd), median_ms(lambda: shift_backward(g, x, w))]
+    return (f"{h:2d}x{h:<2d} {c}->{o:<2d}: forward oneDNN {t[0]:.2f} ms, shifts {t[1]:.2f} | backward oneDNN "
+            f"{t[2]:.2f} ms, shifts {t[3]:.2f} | max diff forward {diff_f:.3g}, backward (relative) {diff_b:.3g}")
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    print(f"{torch.get_num_threads()} threads, bf16, channels_last")
+    for shape in [(16, 512, 16, 12), (16, 512, 8, 24), (16, 512, 4, 48)]:
+        print(row(*shape))
+
+
+if __name__ == "__main__":
+    main()
