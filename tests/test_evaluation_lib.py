@@ -130,3 +130,14 @@ def test_report_text_quotes_the_measured_numbers():
     assert "- vae: Smiling edit success 75% towards smiling and 100% away from it (fail)." in text
     assert "barely moves the judge's score (slope +0.010" in text  # 0.01 * 2 < 0.2: the direction misses
     assert "(+60%)" in text and "- Note: a note" in text and "4.0x the real-vs-real floor" in text
+
+
+def test_grid_files_of_runs_named_by_their_folder_stay_in_the_output(tmp_path):
+    # two runs of one method are named by their folders; an absolute folder must not escape out/images
+    from pipeline.evaluation.metrics import grid_file
+
+    out = tmp_path / "eval"
+    for name, expected in (("pggan", "pggan-Smiling.png"), ("/tmp/lazy/gp4", "tmp_lazy_gp4-Smiling.png"),
+                           ("runs/pggan/a b", "runs_pggan_a_b-Smiling.png"), ("..", "run-Smiling.png")):
+        path = grid_file(out, name, "Smiling")
+        assert path == out / "images" / expected and path.resolve().parent == (out / "images").resolve()

@@ -29,6 +29,12 @@ Judged = tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]
 
 
 @torch.no_grad()
+def grid_file(out: Path, name: str, what: str) -> Path:
+    """out/images/NAME-WHAT.png, with a method named by its run folder ("/tmp/runs/a") made one safe file name."""
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("_.") or "run"
+    return Path(out) / "images" / f"{stem}-{what}.png"
+
+
 def decode_all(model: EditableModel, latents: torch.Tensor, batch_size: int) -> torch.Tensor:
     """latents [N, D] -> images [N, 3, R, R] in [-1, 1], float32 CPU."""
     return torch.cat([model.decode(c).detach().float().cpu().clamp(-1, 1) for c in latents.split(batch_size)])

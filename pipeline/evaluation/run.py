@@ -30,6 +30,7 @@ from pipeline.evaluation.metrics import (
     cache_test_images,
     decode_all,
     encode_all,
+    grid_file,
     inception_features,
     judge_images,
     run_walk,
@@ -185,7 +186,7 @@ def evaluate_method(name: str, model: EditableModel, find_direction: FindDirecti
         entry["direction"] = {"method": amethod, "scale": direction.scale, "walk": walk_mode,
                               "metrics": direction.metrics}
         rows = min(options.grid_rows, len(images))
-        grid = out / "images" / f"{name}-{attribute}.png"
+        grid = grid_file(out, name, attribute)
         edit_grid(images[:rows], strengths, grid, title=f"{name}: {attribute} ({amethod}, {walk_mode})",
                   marked_column=M.zero_column(strengths), input_images=None if inputs is None else inputs[:rows])
         entry["grid"] = str(grid.relative_to(out))

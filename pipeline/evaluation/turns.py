@@ -17,7 +17,7 @@ from common.editing import EditableModel
 from common.grids import edit_grid
 from common.predictor import AttributePredictor
 from common.synthetic import TURN_FRAMES, TURN_YAW, true_turns
-from pipeline.evaluation.metrics import decode_all, encode_all, judge_images
+from pipeline.evaluation.metrics import decode_all, encode_all, grid_file, judge_images
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -121,7 +121,7 @@ def turn_check(name: str, model: EditableModel, walk_mode: str, judge: Attribute
         if recon is not None:
             result["pose_edits"]["reconstruction_mean_db_other_frames"] = float(recon_db[others].mean())
     rows = min(2, n)
-    grid = out / "images" / f"{name}-turn.png"
+    grid = grid_file(out, name, "turn")
     # each shown set [n*S, 3, R, R] -> [rows, S, ...]; stacked per face: [rows, sets, S, ...] -> [rows*sets, S, ...]
     images = torch.stack([im.reshape(n, frames, *flat.shape[1:])[:rows] for _, im in shown], 1).flatten(0, 1)
     labels = [f"{label} {i + 1}" for i in range(rows) for label, _ in shown]
