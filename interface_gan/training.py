@@ -3,7 +3,8 @@
 Growth: stable 4x4, then fade-in + stable phases for every further resolution up to data.resolution; the phases
 split train.total_images by pggan.phase_weights (interface_gan/pggan.py: phase_lengths, phase_at). Real images are
 average-pooled to the current resolution and faded exactly like the generator's output (fade_images).
-Objective: WGAN-GP (lambda = pggan.gp_weight) with the drift term pggan.drift_weight, one critic step per
+Objective: WGAN-GP (lambda = pggan.gp_weight; with pggan.gp_every = k > 1 the penalty is lazy: computed on every
+k-th critic step only, weighted k x lambda) with the drift term pggan.drift_weight, one critic step per
 generator step, Adam(train.lr, betas (pggan.beta1, pggan.beta2)), both optimizers reset when a new resolution
 starts fading in (as the paper's code does). The EMA generator (train.ema_decay, with a warm-up) is what
 sampling, editing and inversion use.
@@ -75,6 +76,14 @@ def make_optimizers(cfg: PGGANConfig, generator, discriminator):
     return adam(generator.parameters(), **kw), adam(discriminator.parameters(), **kw)
 
 
+def lazy_gp_weight(gp_weight: float, gp_every: int, step: int) -> float:
+    """The penalty weight of critic step ``step`` (0-based): gp_every x gp_weight on every gp_every-th step, else 0.
+
+    Over any gp_every consecutive steps the weights sum to gp_every x gp_weight, as with the penalty on every step.
+    """
+    return gp_weight * gp_every if step % gp_every == 0 else 0.0
+
+
 def train_step(g_model: torch.nn.Module, d_model: torch.nn.Module, discriminator: torch.nn.Module,
                opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, real: torch.Tensor, z_d: torch.Tensor,
                z_g: torch.Tensor, eps: torch.Tensor, depth: int | None, alpha: float, tools: StepTools,
@@ -86,8 +95,9 @@ def train_step(g_model: torch.nn.Module, d_model: torch.nn.Module, discriminator
     for the critic's and the generator's step, ``eps`` [B] the gradient penalty's mixing weights. ``g_model`` and
     ``d_model`` are what is called (DDP/compiled), ``discriminator`` the bare critic, whose weights need no
     gradient in the generator step. Critic: E[D(fake)] - E[D(real)] + GP + drift; generator: -E[D(G(z))]; each
-    checked finite (loss/d, loss/g) before its backward, clip and Adam step. Returns detached d, g, wasserstein
-    (the critic's estimate E[D(real)] - E[D(fake)]), gp and drift.
+    checked finite (loss/d, loss/g) before its backward, clip and Adam step. ``gp_weight`` 0 skips the penalty
+    (not computed: a lazy penalty's off step). Returns detached d, g, wasserstein (the critic's estimate
+    E[D(real)] - E[D(fake)]), gp and drift.
     """
     with tools.autocast():
         with torch.no_grad():
@@ -95,7 +105,8 @@ def train_step(g_model: torch.nn.Module, d_model: torch.nn.Module, discriminator
         real_scores = d_model(real, depth, alpha)
         fake_scores = d_model(fake, depth, alpha)
         wdist = wasserstein_critic_loss(real_scores, fake_scores)
-        gp = gradient_penalty(lambda x: d_model(x, depth, alpha), real, fake, eps, gp_weight)
+        gp = (gradient_penalty(lambda x: d_model(x, depth, alpha), real, fake, eps, gp_weight) if gp_weight > 0
+              else real_scores.new_zeros((), dtype=torch.float32))  # a lazy penalty's skipped step: no graph
         drift = drift_penalty(real_scores, drift_weight)
         d_loss = wdist + gp + drift
     tools.check_finite(d_loss, "loss/d")
@@ -184,8 +195,8 @@ class PGGANTrainer(Trainer):
         z_g = sample_latents(batch, cfg.model.latent_dim, rng).to(ctx.device)
         eps = torch.rand(batch, generator=rng).to(ctx.device)
         losses = train_step(self.g_model, self.d_model, self.discriminator, self.opt_g, self.opt_d, real, z_d, z_g,
-                            eps, depth, alpha, ctx, cfg.pggan.gp_weight, cfg.pggan.drift_weight,
-                            cfg.train.grad_clip or None)
+                            eps, depth, alpha, ctx, lazy_gp_weight(cfg.pggan.gp_weight, cfg.pggan.gp_every, self.step),
+                            cfg.pggan.drift_weight, cfg.train.grad_clip or None)
         # EMA with a warm-up (min(decay, (1 + step) / (10 + step)), as TensorFlow's moving averages): with only
         # ~100 steps in the first phase a plain 0.99 average would still be a third initial weights.
         decay = cfg.train.ema_decay

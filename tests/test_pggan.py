@@ -235,3 +235,39 @@ def test_train_smoke_and_resume_mid_fade(cache, tmp_path):
     for group, name in (("models", "generator"), ("models", "discriminator"), ("ema", "generator")):
         for key, value in ckpt_full[group][name].items():
             torch.testing.assert_close(ckpt_resumed[group][name][key], value, msg=f"{group}.{name}.{key}")
+
+
+def test_lazy_gradient_penalty_weights_and_skipped_steps(monkeypatch):
+    import interface_gan.training as training
+    from common.config import ConfigError, load_config
+    from common.run import adam
+    from common.training import StepTools
+    from interface_gan.config import PGGANConfig
+
+    # every k-th step carries k x lambda, the others 0: the same total weight over any k consecutive steps
+    assert [training.lazy_gp_weight(10.0, 1, s) for s in range(3)] == [10.0, 10.0, 10.0]
+    assert [training.lazy_gp_weight(10.0, 4, s) for s in range(9)] == [40.0, 0, 0, 0, 40.0, 0, 0, 0, 40.0]
+    assert sum(training.lazy_gp_weight(10.0, 4, s) for s in range(5, 9)) == 4 * 10.0
+    assert load_config(PGGANConfig, REPO / "configs/interface_gan/synthetic.yaml", []).pggan.gp_every == 1
+    with pytest.raises(ConfigError, match="gp_every"):
+        load_config(PGGANConfig, REPO / "configs/interface_gan/synthetic.yaml", ["pggan.gp_every=0"])
+
+    def run(gp_weight: float) -> dict:
+        generator, discriminator = tiny_networks()
+        randomise_(discriminator)
+        opt_g, opt_d = adam(generator.parameters(), lr=1e-3), adam(discriminator.parameters(), lr=1e-3)
+        gen = torch.Generator().manual_seed(0)
+        real = torch.rand(4, 3, 32, 32, generator=gen) * 2 - 1
+        z_d, z_g = sample_latents(4, 16, gen), sample_latents(4, 16, gen)
+        return training.train_step(generator, discriminator, discriminator, opt_g, opt_d, real, z_d, z_g,
+                                   torch.rand(4, generator=gen), None, 1.0, StepTools(torch.device("cpu"), "fp32"),
+                                   gp_weight)
+
+    with_gp = run(40.0)
+    assert with_gp["gp"].item() > 0
+    calls = []
+    monkeypatch.setattr(training, "gradient_penalty", lambda *a, **k: calls.append(1))
+    skipped = run(0.0)  # an off step of a lazy penalty: the penalty is not even computed
+    assert calls == [] and skipped["gp"].item() == 0.0 and skipped["gp"].dtype == torch.float32
+    # the rest of the critic's loss is the same: d = wasserstein + gp + drift on both steps
+    torch.testing.assert_close(skipped["d"], with_gp["d"] - with_gp["gp"])

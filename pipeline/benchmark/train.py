@@ -183,13 +183,16 @@ def glow_setup(size: str, device: torch.device, resolution: int | None = None, b
     return TrainSetup("glow", size, res, bs, _count(build()), make_step, train_cfg)
 
 
-def pggan_setup(size: str, device: torch.device, resolution: int | None = None, batch: int | None = None):
+def pggan_setup(size: str, device: torch.device, resolution: int | None = None, batch: int | None = None,
+                gp_every: int = 1):
+    """``gp_every`` > 1: the lazy gradient penalty (pggan.gp_every), the weight of each step from lazy_gp_weight;
+    a timing must then cover whole blocks of gp_every steps (one step alone is a penalty step or not)."""
     import copy
     from types import SimpleNamespace
 
     from interface_gan.config import PGGANConfig
     from interface_gan.pggan import build_networks, sample_latents
-    from interface_gan.training import train_step
+    from interface_gan.training import lazy_gp_weight, train_step
 
     if size == "reference":  # GAN zoo PGAN fully grown at 32x32: widths 512, latent 512, batch 16
         model_cfg = SimpleNamespace(latent_dim=512, fmap_base=16384, fmap_max=512, fmap_min=1, mbstd_group=4)
@@ -211,14 +214,16 @@ def pggan_setup(size: str, device: torch.device, resolution: int | None = None, 
         opt_g = adam(generator.parameters(), lr=train_cfg.lr, betas=betas, eps=eps)
         opt_d = adam(discriminator.parameters(), lr=train_cfg.lr, betas=betas, eps=eps)
         real, tools = images(bs, res, device, f.channels_last), StepTools(device, f.precision)
-        gen = torch.Generator().manual_seed(2)
+        gen, count = torch.Generator().manual_seed(2), [0]
 
         def step():  # fully grown (depth None, alpha 1), as the last phase trains
             z_d = sample_latents(bs, model_cfg.latent_dim, gen).to(device)
             z_g = sample_latents(bs, model_cfg.latent_dim, gen).to(device)
             mix = torch.rand(bs, generator=gen).to(device)
+            weight = lazy_gp_weight(gp, gp_every, count[0])
+            count[0] += 1
             losses = train_step(g_model, d_model, discriminator, opt_g, opt_d, real, z_d, z_g, mix, None, 1.0, tools,
-                                gp, drift, train_cfg.grad_clip or None)
+                                weight, drift, train_cfg.grad_clip or None)
             lerp_parameters_(g_ema, generator, 0.999)  # PGGANTrainer's EMA generator update
             return losses
         return step
