@@ -12,17 +12,10 @@ convolution_backward counted as 2x its forward). A study tool: its output is rea
 from __future__ import annotations
 
 import argparse
-import statistics
-import sys
-import time
-from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
-from pipeline.benchmark.train import flags, glow_setup, pggan_setup  # noqa: E402
+from pipeline.benchmark.train import flags, glow_setup, pggan_setup, time_steps
 
 SETUPS = {"glow": glow_setup, "pggan": pggan_setup}
 
@@ -66,14 +59,7 @@ def main() -> None:
     setup = SETUPS[args.method]("reference", device)
     f = flags("default", setup.train_cfg, device)
     step = setup.make_step(f)
-    for _ in range(args.warmup):
-        step()
-    times = []
-    for _ in range(args.steps):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    med = statistics.median(times)
+    med = time_steps(step, args.steps, max(args.warmup, 1), device).seconds  # warm-up untimed, then the median
     print(f"{args.method} reference size, mode {f}, {torch.get_num_threads()} threads: median step "
           f"{med * 1e3:.1f} ms, {setup.batch / med:.2f} img/s")
 

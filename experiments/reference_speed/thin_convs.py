@@ -14,21 +14,17 @@ thin input ([BHW, 9 x C], cheap) @ W [9 x C, 512], then ReLU; backward two GEMMs
 
 from __future__ import annotations
 
-import time
-
 import torch
 import torch.nn.functional as F
 
+from pipeline.benchmark.train import time_steps
+
+CPU = torch.device("cpu")
+
 
 def median_ms(fn, n: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return sorted(times)[n // 2] * 1e3
+    """The median of ``n`` timed calls after 3 untimed ones (the benchmark's time_steps), in milliseconds."""
+    return time_steps(fn, n, 3, CPU).seconds * 1e3
 
 
 def shift_forward(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

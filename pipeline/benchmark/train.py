@@ -188,6 +188,7 @@ def pggan_setup(size: str, device: torch.device, resolution: int | None = None, 
     """``gp_every`` > 1: the lazy gradient penalty (pggan.gp_every), the weight of each step from lazy_gp_weight;
     a timing must then cover whole blocks of gp_every steps (one step alone is a penalty step or not)."""
     import copy
+    import itertools
     from types import SimpleNamespace
 
     from interface_gan.config import PGGANConfig
@@ -214,14 +215,13 @@ def pggan_setup(size: str, device: torch.device, resolution: int | None = None, 
         opt_g = adam(generator.parameters(), lr=train_cfg.lr, betas=betas, eps=eps)
         opt_d = adam(discriminator.parameters(), lr=train_cfg.lr, betas=betas, eps=eps)
         real, tools = images(bs, res, device, f.channels_last), StepTools(device, f.precision)
-        gen, count = torch.Generator().manual_seed(2), [0]
+        gen, steps_done = torch.Generator().manual_seed(2), itertools.count()
 
         def step():  # fully grown (depth None, alpha 1), as the last phase trains
             z_d = sample_latents(bs, model_cfg.latent_dim, gen).to(device)
             z_g = sample_latents(bs, model_cfg.latent_dim, gen).to(device)
             mix = torch.rand(bs, generator=gen).to(device)
-            weight = lazy_gp_weight(gp, gp_every, count[0])
-            count[0] += 1
+            weight = lazy_gp_weight(gp, gp_every, next(steps_done))
             losses = train_step(g_model, d_model, discriminator, opt_g, opt_d, real, z_d, z_g, mix, None, 1.0, tools,
                                 weight, drift, train_cfg.grad_clip or None)
             lerp_parameters_(g_ema, generator, 0.999)  # PGGANTrainer's EMA generator update
